@@ -1,0 +1,90 @@
+"""``python -m fgnb`` / ``fgnb``: train, evaluate, predict.
+
+    python -m fgnb train                       # embedded data, small ViT, CPU, minutes
+    python -m fgnb train --config configs/cub_vitb16_448.yaml --data-root CUB_200_2011
+    python -m fgnb evaluate runs/default/best.pt
+    python -m fgnb predict runs/default/best.pt bird.jpg --top-k 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from .config import ConfigError, add_config_arguments, config_from_args
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fgnb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model (every option below has a default)")
+    add_config_arguments(t)
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split: every head, every inference mode, localization")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--data-root", default=None, help="dataset folder if it moved since training")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    pr = sub.add_parser("predict", help="top-k classes of images and an attention/crop overlay PNG each")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--out-dir", default=None, help="where the overlay PNGs go (default: next to the checkpoint)")
+    pr.add_argument("--device", default="auto")
+    return p
+
+
+def _evaluate(args) -> dict:
+    from .data import build_dataset
+    from .train import _eval_loader, evaluate, load_model, select_device
+
+    device = select_device(args.device)
+    model, cfg, _ = load_model(args.checkpoint, device)
+    if args.data_root:
+        cfg = cfg.replace(data_root=args.data_root)
+    dc = model.data_config()
+    source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
+    from .train import _synthetic_params
+
+    ds = build_dataset(cfg.dataset, root=cfg.data_root, split=args.split, image_size=cfg.img_size, source_size=source,
+                       mean=dc["mean"], std=dc["std"], resize_size=cfg.resize_size, val_fraction=cfg.val_fraction,
+                       seed=cfg.seed, synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None)
+    res = evaluate(model, _eval_loader(ds, cfg), cfg, device, progress=True)
+    print(json.dumps(res, indent=2))
+    if args.json_out:
+        pathlib.Path(args.json_out).write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _predict(args) -> list[dict]:
+    from .predict import predict_files
+
+    results = predict_files(args.checkpoint, args.images, top_k=args.top_k, out_dir=args.out_dir, device=args.device)
+    for r in results:
+        print(r["image"])
+        for name, p in r["top"]:
+            print(f"  {p:6.3f}  {name}")
+        print(f"  overlay: {r['overlay']}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from .train import train
+
+            res = train(config_from_args(args))
+            if res["test"] is not None:
+                print(json.dumps(res["test"], indent=2))
+        elif args.command == "evaluate":
+            _evaluate(args)
+        else:
+            _predict(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"fgnb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,105 @@
+"""Crop the attended region of every image and resize it, as one batched op.
+
+Chapter 6 explains it: the box found by :func:`fgnb.attention.boxes_from_mask` is cut
+out of the image (or of the higher-resolution source image) and resized to the model's
+input size, so the same network sees a zoomed-in view with the same label.
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.ops import roi_align
+
+from .attention import attention_rollout, boxes_from_mask, cumulative_product, head_product, mean_threshold
+
+__all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_layers", "attention_scores", "attention_boxes"]
+
+#: Which attention drives the crop (METHOD.md leaves it open):
+#: ``last`` the deepest target layer's head product; ``cumulative`` the product over heads
+#: and all layers up to the deepest target; ``per_layer`` one crop per target layer from the
+#: cumulative product up to it (the multi-scale variant); ``rollout`` attention rollout.
+CROP_ATTENTION = ("last", "cumulative", "per_layer", "rollout")
+
+
+def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Cut box ``b`` out of image ``b`` and resize it to ``size``, for the whole batch at once.
+
+    out[b, :, i, j] = bilinear sample of images[b] at
+    (y0 + (i + 1/2) * (y1 - y0) / h - 1/2,  x0 + (j + 1/2) * (x1 - x0) / w - 1/2)
+
+    which is what ``torchvision.transforms.functional.resized_crop`` computes for one
+    image (pixel centres at integer + 1/2). A crop larger than ``size`` is averaged over
+    ceil(box / size) samples per output pixel, which acts as an anti-aliasing filter.
+    Runs on the images' device with ``torchvision.ops.roi_align``: no per-image loop.
+
+    Args:
+        images: (B, C, H, W).
+        boxes: (B, 4) (x0, y0, x1, y1) in pixels of ``images``.
+        size: output (h, w), or one int for square crops.
+    Returns:
+        (B, C, h, w) in the images' dtype.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"crop_and_resize expects images (B, C, H, W), got {tuple(images.shape)}")
+    if boxes.dim() != 2 or boxes.shape != (images.shape[0], 4):
+        raise ValueError(
+            f"crop_and_resize expects one (x0, y0, x1, y1) box per image: boxes of shape "
+            f"({images.shape[0]}, 4), got {tuple(boxes.shape)}"
+        )
+    out_size = (size, size) if isinstance(size, int) else tuple(size)
+    boxes = boxes.to(device=images.device, dtype=torch.float32)
+    idx = torch.arange(images.shape[0], device=images.device, dtype=torch.float32)[:, None]
+    rois = torch.cat([idx, boxes], dim=1)
+    crops = roi_align(images.float(), rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return crops.to(images.dtype)
+
+
+def scale_boxes(boxes: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
+    """Map (x0, y0, x1, y1) boxes from an image of (H, W) = ``from_size`` to one of ``to_size``.
+
+    Used to cut the crop out of the higher-resolution source image rather than the input.
+    """
+    sy = to_size[0] / from_size[0]
+    sx = to_size[1] / from_size[1]
+    return boxes * boxes.new_tensor([sx, sy, sx, sy])
+
+
+def crop_attention_layers(target_layers: tuple[int, ...], mode: str) -> list[int]:
+    """Blocks whose CLS attention a crop mode reads."""
+    if mode not in CROP_ATTENTION:
+        raise ValueError(f"crop attention {mode!r} is not one of {CROP_ATTENTION}")
+    deepest = max(target_layers)
+    return [deepest] if mode == "last" else list(range(deepest + 1))
+
+
+def attention_scores(out, mode: str = "last", target_layers: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+    """Log-space patch scores (B, K) for a crop mode, from a forward's captured attention.
+
+    One entry, or one per target layer for ``per_layer``.
+    """
+    layers = crop_attention_layers(target_layers or out.layers, mode)
+    if mode == "rollout":
+        missing = [l for l in layers if l not in out.full_attn]
+        if missing:
+            raise ValueError(f"rollout needs full attention maps of layers {missing}: call the model with full_attn=True")
+        roll = attention_rollout([out.full_attn[l] for l in layers])
+        return [roll.clamp_min(1e-45).log()]
+    missing = [l for l in layers if l not in out.attn]
+    if missing:
+        raise ValueError(f"crop mode {mode!r} needs the CLS attention of layers {missing}: pass attn_layers to the model")
+    if mode == "last":
+        return [head_product(out.attn[layers[0]])]
+    cum = cumulative_product([out.attn[l] for l in layers])
+    if mode == "cumulative":
+        return [cum[-1]]
+    return [cum[l] for l in (target_layers or out.layers)]
+
+
+def attention_boxes(
+    out, mode: str = "last", rule: str = "all", threshold_scale: float = 1.0, min_size: float = 0,
+    target_layers: tuple[int, ...] | None = None,
+) -> list[torch.Tensor]:
+    """The module end to end: scores -> mean threshold -> box, one (B, 4) tensor per crop."""
+    return [
+        boxes_from_mask(mean_threshold(s, threshold_scale), out.grid, out.patch_size, rule=rule, min_size=min_size)
+        for s in attention_scores(out, mode, target_layers)
+    ]

@@ -1,0 +1,509 @@
+"""Data sets and box-aware transforms (Chapter 1: fine-grained recognition and the data).
+
+Every item is a dict::
+
+    {'image':    FloatTensor[3, H, W]  normalised model input,
+     'label':    int64 tensor, 0-based class,
+     'box':      FloatTensor[4] object box, xyxy, in the model input's pixels
+                 (NaN x 4 if unknown),
+     'part_box': FloatTensor[4] discriminative-part box, same frame (NaN if unknown),
+     'index':    int, the item's index in the data set,
+     'source':   FloatTensor[3, S, S]  (only when the transform has
+                 ``source_size``) the same geometric view at resolution S,
+                 normalised like 'image'; a box in input pixels times S / H is
+                 the same region in 'source'.}
+
+PyTorch's default collate stacks these into a batch.
+
+Image loading always returns RGB (grayscale, CMYK, palette and RGBA images are
+converted; transparency is composited on white). Error policy
+(``on_error``): files are checked for existence when the data set is built; a
+missing file raises ``FileNotFoundError`` naming it (``'raise'``) or is left
+out and listed in ``.skipped`` (``'skip'``). A file that exists but cannot be
+decoded raises ``OSError`` naming it at load time (``'raise'``) or, with
+``'skip'``, is recorded in ``.skipped`` and the next valid item is returned
+instead. (With DataLoader workers, load-time skips are recorded in the
+workers' copies of the data set.)
+"""
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "load_rgb", "PairedTransform", "make_transform", "CUBDataset",
+    "ImageFolderDataset", "TorchvisionDataset", "torchvision_dataset",
+    "build_dataset", "DATASET_NAMES", "stratified_split",
+]
+
+DATASET_NAMES = ("synthetic", "cub", "folder", "aircraft", "flowers", "pets")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+_NAN4 = (float("nan"),) * 4
+
+
+# --- images ------------------------------------------------------------------
+def load_rgb(path) -> Image.Image:
+    """Open ``path`` as an RGB PIL image; errors name the file."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "RGB":
+                return im.copy()
+            if im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")
+            if im.mode in ("RGBA", "LA", "PA"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                return Image.alpha_composite(bg, im).convert("RGB")
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
+        raise OSError(f"cannot read image file {path}: {e}") from e
+
+
+def _xywh_to_xyxy(b):
+    x, y, w, h = b
+    return (x, y, x + w, y + h)
+
+
+# --- transforms --------------------------------------------------------------
+class PairedTransform:
+    """The FGVC recipe with boxes carried through every geometric step.
+
+    Train: resize the whole image to a *square* ``resize_size`` x
+    ``resize_size`` (aspect not kept, as in TransFG's ``Resize((600, 600))``),
+    random crop ``image_size``, random horizontal flip (p = 0.5).
+    Eval: same square resize, centre crop. ``resize_size`` defaults to
+    ``round(image_size * 8 / 7)`` (256 for 224).
+
+    The whole geometric view is one rectangle of the original image (plus a
+    flip), rendered with ``PIL.Image.resize(box=...)`` at ``image_size`` and,
+    if ``source_size`` is set, again at ``source_size``: both are exactly the
+    same view. Boxes (xyxy, original pixels, continuous coordinates where
+    pixel i covers [i, i+1)) are mapped by the same affine map and clipped to
+    the view. Randomness comes from ``torch`` (or the ``generator`` given), so
+    ``torch.manual_seed`` and DataLoader worker seeding make it reproducible.
+    """
+
+    def __init__(self, train: bool, image_size: int, resize_size: int | None = None,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                 source_size: int | None = None, hflip: bool = True,
+                 generator: torch.Generator | None = None, interpolation=Image.BICUBIC):
+        self.train = bool(train)
+        self.image_size = int(image_size)
+        self.resize_size = int(resize_size) if resize_size else int(round(image_size * 8 / 7))
+        if self.resize_size < self.image_size:
+            raise ValueError(f"resize_size {self.resize_size} < image_size {self.image_size}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.source_size = int(source_size) if source_size else None
+        self.hflip = bool(hflip)
+        self.generator = generator
+        self.interpolation = interpolation
+
+    def __repr__(self):
+        return (f"PairedTransform(train={self.train}, image_size={self.image_size}, "
+                f"resize_size={self.resize_size}, source_size={self.source_size}, "
+                f"hflip={self.hflip}, mean={self.mean.flatten().tolist()}, "
+                f"std={self.std.flatten().tolist()})")
+
+    def sample_view(self, width: int, height: int):
+        """Return ``(region, flip)``: region = (x0, y0, x1, y1) in original pixels."""
+        R, s = self.resize_size, self.image_size
+        if self.train:
+            g = self.generator
+            ox = int(torch.randint(0, R - s + 1, (1,), generator=g))
+            oy = int(torch.randint(0, R - s + 1, (1,), generator=g))
+            flip = self.hflip and bool(torch.rand(1, generator=g) < 0.5)
+        else:
+            ox = oy = int(round((R - s) / 2.0))
+            flip = False
+        sx, sy = width / R, height / R
+        return (ox * sx, oy * sy, (ox + s) * sx, (oy + s) * sy), flip
+
+    @staticmethod
+    def map_box(box, region, flip: bool, out_size: int) -> torch.Tensor:
+        """Map an xyxy box from original pixels into a view of ``out_size``."""
+        if box is None:
+            return torch.tensor(_NAN4)
+        x0, y0, x1, y1 = region
+        fx, fy = out_size / (x1 - x0), out_size / (y1 - y0)
+        bx0, by0, bx1, by1 = (float(v) for v in box)
+        if any(math.isnan(v) for v in (bx0, by0, bx1, by1)):
+            return torch.tensor(_NAN4)
+        nx0, nx1 = (bx0 - x0) * fx, (bx1 - x0) * fx
+        ny0, ny1 = (by0 - y0) * fy, (by1 - y0) * fy
+        if flip:
+            nx0, nx1 = out_size - nx1, out_size - nx0
+        c = lambda v: min(max(v, 0.0), float(out_size))
+        return torch.tensor((c(nx0), c(ny0), c(nx1), c(ny1)), dtype=torch.float32)
+
+    def render(self, img: Image.Image, region, flip: bool, size: int) -> torch.Tensor:
+        view = img.resize((size, size), self.interpolation, box=region)
+        if flip:
+            view = view.transpose(Image.FLIP_LEFT_RIGHT)
+        t = torch.from_numpy(np.asarray(view, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return (t.float().div_(255.0) - self.mean) / self.std
+
+    def __call__(self, img: Image.Image, boxes: dict | None = None) -> dict:
+        """``boxes``: name -> xyxy in original pixels (or None). Returns a dict
+        with 'image', optional 'source', and every box mapped to input pixels."""
+        region, flip = self.sample_view(*img.size)
+        out = {"image": self.render(img, region, flip, self.image_size)}
+        if self.source_size:
+            out["source"] = self.render(img, region, flip, self.source_size)
+        for k, b in (boxes or {}).items():
+            out[k] = self.map_box(b, region, flip, self.image_size)
+        return out
+
+
+def make_transform(train: bool, image_size: int, resize_size: int | None = None,
+                   mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                   source_size: int | None = None, hflip: bool = True,
+                   generator: torch.Generator | None = None) -> PairedTransform:
+    """Shorthand for :class:`PairedTransform`."""
+    return PairedTransform(train, image_size, resize_size, mean, std, source_size, hflip,
+                           generator)
+
+
+# --- shared data set machinery ----------------------------------------------
+def stratified_split(labels: Sequence[int], fraction: float, seed: int = 0) -> np.ndarray:
+    """Boolean mask choosing ``round(fraction * n_c)`` items per class (at
+    least 1 when fraction > 0 and the class has 2 or more items) with
+    ``numpy.random.default_rng(seed)``; deterministic."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    if fraction <= 0:
+        return mask
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        mask[rng.permutation(idx)[:k]] = True
+    return mask
+
+
+class _DictDataset(torch.utils.data.Dataset):
+    """Base: ``samples`` [(path, label)], optional ``boxes`` / ``part_boxes``
+    (xywh, original pixels, one row per sample, NaN when unknown)."""
+
+    samples: list
+    classes: list
+    transform: Callable | None
+    on_error: str
+
+    def _check_on_error(self, on_error):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.skipped: list[str] = []
+
+    def _drop_missing(self, keep_arrays=()):
+        """Check files exist; drop (skip) or raise. Filters parallel arrays too."""
+        ok = []
+        for i, (p, _) in enumerate(self.samples):
+            if os.path.isfile(p):
+                ok.append(i)
+            elif self.on_error == "raise":
+                raise FileNotFoundError(f"image file not found: {p} (use on_error='skip' "
+                                        "to leave missing files out)")
+            else:
+                self.skipped.append(str(p))
+        if len(ok) != len(self.samples):
+            self.samples = [self.samples[i] for i in ok]
+            for name in keep_arrays:
+                arr = getattr(self, name, None)
+                if arr is not None:
+                    setattr(self, name, arr[ok])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def targets(self) -> list[int]:
+        return [l for _, l in self.samples]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _boxes_for(self, i):
+        out = {}
+        for key, attr in (("box", "boxes"), ("part_box", "part_boxes")):
+            arr = getattr(self, attr, None)
+            out[key] = None if arr is None else _xywh_to_xyxy(arr[i].tolist())
+        return out
+
+    def _load(self, i):
+        return load_rgb(self.samples[i][0])
+
+    def _item(self, i, img):
+        boxes = self._boxes_for(i)
+        label = torch.tensor(self.samples[i][1], dtype=torch.int64)
+        if self.transform is None:
+            t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            item = {"image": t.float() / 255.0}
+            for k, b in boxes.items():
+                item[k] = torch.tensor(_NAN4 if b is None else b, dtype=torch.float32)
+        else:
+            item = self.transform(img, boxes)
+        item["label"] = label
+        item["index"] = i
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(index)
+        index %= n
+        for k in range(n):
+            i = (index + k) % n
+            try:
+                img = self._load(i)
+            except OSError:
+                if self.on_error == "raise":
+                    raise
+                p = str(self.samples[i][0])
+                if p not in self.skipped:
+                    self.skipped.append(p)
+                continue
+            return self._item(i, img)
+        raise RuntimeError(f"no readable image left in {type(self).__name__}; "
+                           f"skipped: {self.skipped[:5]}...")
+
+
+# --- CUB-200-2011 layout (real CUB and the synthetic set) --------------------
+_CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+_CUB_LAYOUT = ("expected CUB-200-2011 layout: ROOT/images/NNN.Class_Name/*.jpg, "
+               "ROOT/images.txt (id relpath), ROOT/image_class_labels.txt (id class, 1-based), "
+               "ROOT/train_test_split.txt (id 1|0), ROOT/classes.txt (id NNN.Class_Name), "
+               "optional ROOT/bounding_boxes.txt and ROOT/part_boxes.txt (id x y w h)")
+
+
+def _read_table(path: pathlib.Path) -> dict[int, list[str]]:
+    out = {}
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                out[int(parts[0])] = parts[1:]
+            except ValueError:
+                raise ValueError(f"{path}:{ln}: cannot parse {line.strip()!r}") from None
+    return out
+
+
+class CUBDataset(_DictDataset):
+    """CUB-200-2011 (or anything in its layout, e.g. :mod:`fgnb.synthetic`).
+
+    ``split``: 'train' (official train minus val), 'val' (``val_fraction`` of
+    each class of the official train split, chosen with ``seed``), 'trainval'
+    (official train) or 'test' (official test). CUB has no official
+    validation split; this one is carved from train so that model selection
+    never looks at test. Attributes: ``classes`` (names without the ``NNN.``
+    prefix), ``class_dirs``, ``num_classes``, ``samples`` [(path, label 0-based)],
+    ``ids`` (official image ids), ``boxes`` / ``part_boxes`` (float arrays
+    [N, 4] xywh in original pixels, or None if the file is absent).
+    """
+
+    SPLITS = ("train", "val", "trainval", "test")
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 val_fraction: float = 0.1, seed: int = 0, on_error: str = "raise"):
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
+        self.root = pathlib.Path(root).expanduser()
+        self.split, self.transform = split, transform
+        self._check_on_error(on_error)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data set folder not found: {self.root}; {_CUB_LAYOUT}")
+        for name in _CUB_FILES:
+            if not (self.root / name).is_file():
+                raise FileNotFoundError(f"missing {self.root / name}; {_CUB_LAYOUT}")
+        images = _read_table(self.root / "images.txt")
+        labels = _read_table(self.root / "image_class_labels.txt")
+        is_train = _read_table(self.root / "train_test_split.txt")
+        classes = _read_table(self.root / "classes.txt")
+        self.class_dirs = [classes[k][0] for k in sorted(classes)]
+        self.classes = [d.split(".", 1)[1] if "." in d else d for d in self.class_dirs]
+        ids = sorted(images)
+        for name, table in (("image_class_labels.txt", labels),
+                            ("train_test_split.txt", is_train)):
+            missing = [i for i in ids if i not in table]
+            if missing:
+                raise ValueError(f"{self.root / name} lacks image ids {missing[:5]}")
+        lab = np.array([int(labels[i][0]) - 1 for i in ids])
+        if lab.min(initial=0) < 0 or lab.max(initial=0) >= len(self.classes):
+            raise ValueError(f"class ids in {self.root / 'image_class_labels.txt'} must be "
+                             f"1..{len(self.classes)}")
+        train = np.array([is_train[i][0] == "1" for i in ids])
+        if split == "test":
+            sel = ~train
+        elif split == "trainval":
+            sel = train
+        else:
+            tr_idx = np.flatnonzero(train)
+            val_mask = stratified_split(lab[tr_idx], val_fraction, seed)
+            sel = np.zeros(len(ids), dtype=bool)
+            sel[tr_idx[val_mask if split == "val" else ~val_mask]] = True
+        idx = np.flatnonzero(sel)
+        self.ids = [ids[i] for i in idx]
+        self.samples = [(str(self.root / "images" / images[ids[i]][0]), int(lab[i])) for i in idx]
+
+        def boxes(name):
+            f = self.root / name
+            if not f.is_file():
+                return None
+            t = _read_table(f)
+            return np.array([[float(v) for v in t[i]] if i in t else _NAN4
+                             for i in self.ids], dtype=np.float64).reshape(-1, 4)
+        self.boxes = boxes("bounding_boxes.txt")
+        self.part_boxes = boxes("part_boxes.txt")
+        before = list(self.ids)
+        self._drop_missing(keep_arrays=("boxes", "part_boxes"))
+        if len(before) != len(self.samples):
+            kept = {p for p, _ in self.samples}
+            self.ids = [i for i in before if str(self.root / "images" / images[i][0]) in kept]
+
+
+# --- class-per-folder trees --------------------------------------------------
+class ImageFolderDataset(_DictDataset):
+    """``root/<class>/<image>`` trees (Stanford Dogs, exported NABirds, ...).
+
+    If ``split`` is given and ``root/split`` is a folder, that folder is read.
+    Classes are the sorted sub-folder names. Boxes are unknown (NaN).
+    """
+
+    def __init__(self, root, split: str | None = None, transform: Callable | None = None,
+                 on_error: str = "raise", extensions: Sequence[str] = IMG_EXTENSIONS):
+        root = pathlib.Path(root).expanduser()
+        if split and (root / split).is_dir():
+            root = root / split
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root} "
+                                    "(expected ROOT/<class_name>/<image files>)")
+        self.root, self.split, self.transform = root, split, transform
+        self._check_on_error(on_error)
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise FileNotFoundError(f"no class folders in {root} "
+                                    "(expected ROOT/<class_name>/<image files>)")
+        ext = tuple(e.lower() for e in extensions)
+        self.samples = [(str(p), c) for c, name in enumerate(self.classes)
+                        for p in sorted((root / name).rglob("*"))
+                        if p.is_file() and p.suffix.lower() in ext]
+        self.boxes = self.part_boxes = None
+
+
+# --- torchvision's fine-grained sets -----------------------------------------
+_TV = {  # name -> (torchvision class, {our split: their split}, extra kwargs)
+    "aircraft": ("FGVCAircraft", {"train": "train", "val": "val", "trainval": "trainval",
+                                  "test": "test"}, {"annotation_level": "variant"}),
+    "flowers": ("Flowers102", {"train": "train", "val": "val", "test": "test"}, {}),
+    "pets": ("OxfordIIITPet", {"train": "trainval", "val": "trainval", "trainval": "trainval",
+                               "test": "test"}, {"target_types": "category"}),
+}
+
+
+class TorchvisionDataset(_DictDataset):
+    """Wraps a torchvision classification data set (built with
+    ``transform=None``) into the dict interface. ``subset``: optional indices
+    into it (used to carve a val split). Boxes are unknown (NaN)."""
+
+    def __init__(self, base, transform: Callable | None = None, subset=None,
+                 on_error: str = "raise"):
+        self.base, self.transform = base, transform
+        self._check_on_error(on_error)
+        self.indices = list(range(len(base))) if subset is None else [int(i) for i in subset]
+        self.classes = list(getattr(base, "classes", []))
+        labels = getattr(base, "_labels", None)
+        if labels is None:  # generic torchvision data set: read every target once
+            labels = [int(base[i][1]) for i in range(len(base))]
+        self._all_labels = [int(l) for l in labels]
+        self.samples = [(f"{type(base).__name__}[{i}]", self._all_labels[i]) for i in self.indices]
+        if not self.classes:
+            self.classes = [str(c) for c in range(max(self._all_labels) + 1)]
+        self.boxes = self.part_boxes = None
+
+    def _load(self, i):
+        img, _ = self.base[self.indices[i]]
+        if not isinstance(img, Image.Image):
+            raise OSError(f"{self.samples[i][0]}: expected a PIL image, got {type(img)}")
+        if img.mode != "RGB":
+            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
+        return img
+
+
+def torchvision_dataset(name: str, root, split: str = "train", transform: Callable | None = None,
+                        download: bool = False, val_fraction: float = 0.1, seed: int = 0,
+                        on_error: str = "raise") -> TorchvisionDataset:
+    """``name`` in 'aircraft', 'flowers', 'pets' (torchvision's FGVCAircraft,
+    Flowers102, OxfordIIITPet). Oxford Pets has no val split: 'train'/'val'
+    are carved from its trainval by :func:`stratified_split`."""
+    if name not in _TV:
+        raise ValueError(f"unknown torchvision data set {name!r}; valid: {sorted(_TV)}")
+    import torchvision.datasets as tvd
+    cls_name, splits, extra = _TV[name]
+    if split not in splits:
+        raise ValueError(f"split {split!r} not valid for {name}; valid: {sorted(splits)}")
+    base = getattr(tvd, cls_name)(root=os.fspath(root), split=splits[split], transform=None,
+                                  download=download, **extra)
+    subset = None
+    if name == "pets" and split in ("train", "val"):
+        labels = getattr(base, "_labels", None)
+        if labels is None:
+            labels = [int(base[i][1]) for i in range(len(base))]
+        m = stratified_split(labels, val_fraction, seed)
+        subset = np.flatnonzero(m if split == "val" else ~m)
+    return TorchvisionDataset(base, transform, subset, on_error)
+
+
+# --- the one factory the CLI uses -------------------------------------------
+def build_dataset(name: str = "synthetic", root=None, split: str = "train",
+                  image_size: int = 224, source_size: int | None = None,
+                  train: bool | None = None, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                  std: Sequence[float] = (0.5, 0.5, 0.5), resize_size: int | None = None,
+                  hflip: bool = True, val_fraction: float = 0.1, seed: int = 0,
+                  on_error: str = "raise", download: bool = False,
+                  synthetic_params: dict | None = None):
+    """Build a data set by name with the FGVC transform.
+
+    ``name``: 'synthetic' (default; generated once into the cache by
+    :func:`fgnb.synthetic.ensure_synthetic` unless ``root`` is given),
+    'cub', 'folder', 'aircraft', 'flowers', 'pets'. ``train`` (augment or
+    not) defaults to ``split in ('train', 'trainval')``.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASET_NAMES)}")
+    if train is None:
+        train = split in ("train", "trainval")
+    tf = PairedTransform(train, image_size, resize_size, mean, std, source_size, hflip)
+    if name in ("synthetic", "cub"):
+        if root is None:
+            if name == "cub":
+                raise ValueError("data set 'cub' needs root= (the CUB_200_2011 folder)")
+            from .synthetic import ensure_synthetic
+            root = ensure_synthetic(**(synthetic_params or {}))
+        elif name == "synthetic" and (synthetic_params
+                                      or not (pathlib.Path(root) / "meta.json").exists()):
+            from .synthetic import generate
+            root = generate(root, **(synthetic_params or {}))
+        return CUBDataset(root, split, tf, val_fraction, seed, on_error)
+    if root is None:
+        raise ValueError(f"data set {name!r} needs root=")
+    if name == "folder":
+        return ImageFolderDataset(root, split, tf, on_error)
+    return torchvision_dataset(name, root, split, tf, download, val_fraction, seed, on_error)

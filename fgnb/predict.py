@@ -1,0 +1,58 @@
+"""``fgnb predict``: top-k classes of image files and an attention/crop overlay for each.
+
+Chapter 6 shows the same overlay for the embedded data set.
+"""
+from __future__ import annotations
+
+import pathlib
+
+
+import torch
+
+from .crop import attention_boxes, attention_scores, crop_and_resize, crop_attention_layers
+from .data import load_rgb, make_transform
+from .plots import overlay, to_display
+from .train import load_model, select_device
+
+__all__ = ["predict_files"]
+
+
+@torch.no_grad()
+def predict_files(checkpoint, images, top_k: int = 5, out_dir=None, device="auto") -> list[dict]:
+    """Classify each file with the ``crop`` inference mode and save ``<name>.attention.png``."""
+    import matplotlib.pyplot as plt
+
+    dev = select_device(device)
+    model, cfg, state = load_model(checkpoint, dev)
+    classes = state.get("classes") or [str(i) for i in range(model.num_classes)]
+    dc = model.data_config()
+    tf = make_transform(False, cfg.img_size, cfg.resize_size, dc["mean"], dc["std"])
+    out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(checkpoint).parent / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    k = max(1, min(top_k, model.num_classes))
+    layers = crop_attention_layers(model.target_layers, cfg.crop_attention)
+    results = []
+    for path in images:
+        x = tf(load_rgb(path))["image"].unsqueeze(0).to(dev)
+        out = model(x, attn_layers=layers, full_attn=cfg.crop_attention == "rollout")
+        scores = attention_scores(out, cfg.crop_attention, model.target_layers)[-1]
+        box = attention_boxes(out, cfg.crop_attention, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers)[-1]
+        crop = crop_and_resize(x, box, cfg.img_size)
+        p = 0.5 * (out.logits[-1].softmax(-1) + model(crop).logits[-1].softmax(-1))[0]
+        top = torch.topk(p, k)
+        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+        img = to_display(x[0], dc["mean"], dc["std"])
+        overlay(axes[0], img, scores[0], out.grid, box=box[0], title=f"{classes[top.indices[0]]} ({top.values[0]:.2f})")
+        axes[1].imshow(to_display(crop[0], dc["mean"], dc["std"]))
+        axes[1].set_title("attention crop", fontsize=9)
+        axes[1].set_axis_off()
+        png = out_dir / (pathlib.Path(path).stem + ".attention.png")
+        fig.savefig(png, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        results.append({
+            "image": str(path),
+            "top": [(classes[i], float(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())],
+            "box": box[0].tolist(),
+            "overlay": str(png),
+        })
+    return results

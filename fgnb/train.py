@@ -1,0 +1,477 @@
+"""The training loop, read top to bottom: data, model, optimizer, epochs, checkpoints.
+
+Chapters 5 to 8 run it. One call, :func:`train`, does a whole run and never loses one:
+every epoch ends with an atomic checkpoint (temp file + rename) and metrics files, a
+NaN/inf loss stops the run with the last good checkpoint kept, and ``resume=True``
+continues so that the final weights equal those of an uninterrupted run (on CPU,
+same seed). Under ``torchrun`` the same code trains with one process per device
+(see :mod:`fgnb.distributed`).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import pathlib
+import random
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from . import distributed as dist
+from .config import ConfigError, TrainConfig
+from .crop import attention_boxes, crop_and_resize, crop_attention_layers, scale_boxes
+from .data import build_dataset
+from .model import FGViT, create_model
+from .strategies import NonFiniteLossError, StepContext, make_strategy
+
+__all__ = [
+    "train",
+    "evaluate",
+    "select_device",
+    "autocast_for",
+    "build_model",
+    "build_data",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "box_iou",
+    "INFERENCE_MODES",
+]
+
+INFERENCE_MODES = ("last", "mean", "crop")
+CHECKPOINT_VERSION = 1
+# Options that may change when a run is resumed; all others must match the checkpoint.
+RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root"}
+
+
+# ----------------------------------------------------------------------------- devices
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if present, else Apple's MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank() if dist.is_distributed() else 0)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device={name!r} is not a torch device (use auto, cpu, cuda, cuda:1, mps): {e}") from e
+
+
+def autocast_for(device: torch.device, amp: str) -> tuple[Callable, torch.amp.GradScaler | None]:
+    """Mixed precision on CUDA only: bf16 where supported (no scaler), else fp16 with a scaler."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext, None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+# ----------------------------------------------------------------------------- model & data
+def build_model(cfg: TrainConfig, num_classes: int) -> FGViT:
+    kwargs = {}
+    if cfg.patch_size is not None:
+        kwargs["patch_size"] = cfg.patch_size
+    if cfg.depth is not None:
+        kwargs["depth"] = cfg.depth
+    targets = cfg.targets if isinstance(cfg.targets, int) else list(cfg.targets)
+    return create_model(
+        cfg.model, num_classes=num_classes, targets=targets, pretrained=cfg.pretrained, weights=cfg.weights,
+        img_size=cfg.img_size, head_hidden=cfg.head_hidden, **kwargs,
+    )
+
+
+def _synthetic_params(cfg: TrainConfig) -> dict:
+    named = {
+        "num_classes": cfg.synthetic_classes,
+        "train_per_class": cfg.synthetic_train_per_class,
+        "test_per_class": cfg.synthetic_test_per_class,
+    }
+    return {k: v for k, v in named.items() if v is not None}
+
+
+def build_data(cfg: TrainConfig, mean, std) -> dict[str, Any]:
+    """train / val / test data sets with the FGVC transform and the weights' normalisation."""
+    source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
+    common = dict(
+        root=cfg.data_root, image_size=cfg.img_size, mean=mean, std=std, resize_size=cfg.resize_size,
+        val_fraction=cfg.val_fraction, seed=cfg.seed,
+        synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None,
+    )
+    with dist.main_first():  # rank 0 generates the synthetic set, the others wait and read it
+        train_ds = build_dataset(cfg.dataset, split="train", source_size=source, **common)
+    val_ds = build_dataset(cfg.dataset, split="val", source_size=source, **common) if cfg.val_fraction > 0 else None
+    test_ds = build_dataset(cfg.dataset, split="test", source_size=source, **common)
+    return {"train": train_ds, "val": val_ds, "test": test_ds}
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Each item's random augmentation is seeded by (seed, epoch, index).
+
+    So an item looks the same whichever process or worker loads it and whether the
+    run was resumed: the key to bit-equal resume and to 1-process == N-process tests.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            return self.dataset[i]
+
+
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch: a seeded permutation cut into full batches."""
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Yields this rank's share of every global batch (rank r takes items r, r+W, ...)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ConfigError(f"batch_size={batch_size} must be divisible by the number of processes ({world})")
+        if n < batch_size:
+            raise ConfigError(f"batch_size={batch_size} is larger than the training set ({n} images)")
+        self.n, self.batch_size, self.seed, self.rank, self.world, self.epoch = n, batch_size, seed, rank, world, 0
+
+    def __iter__(self):
+        for b in _epoch_batches(self.n, self.batch_size, self.seed, self.epoch):
+            yield b[self.rank :: self.world]
+
+    def __len__(self):
+        return self.n // self.batch_size
+
+
+def _eval_loader(ds, cfg: TrainConfig):
+    # Shard without padding, so gathered counts are exact.
+    idx = list(range(dist.rank(), len(ds), dist.world_size()))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, idx), batch_size=max(1, cfg.batch_size // dist.world_size()),
+        shuffle=False, num_workers=cfg.workers,
+    )
+
+
+# ----------------------------------------------------------------------------- optimisation
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Biases, norms, tokens and position embeddings take no weight decay (as timm).
+        (no_decay if p.ndim <= 1 or n.endswith(("cls_token", "pos_embed", "reg_token")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR factor: linear warm-up to 1 over ``warmup`` steps, then cosine to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    _atomic_write(pathlib.Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load with ``weights_only=True`` (no code runs from the file)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable fgnb checkpoint: {e}") from e
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not an fgnb checkpoint (no 'model'/'config' entries)")
+    return state
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FGViT, TrainConfig, dict]:
+    """Rebuild the model of a checkpoint: (model in eval mode, its config, the checkpoint)."""
+    state = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    model = build_model(cfg.replace(pretrained=False, weights=None), state["num_classes"])
+    _load_weights(model, state["model"], path)
+    return model.to(device).eval(), cfg, state
+
+
+def _load_weights(model: FGViT, weights: dict, path) -> None:
+    head = weights.get("heads.0.fc2.weight")
+    if head is not None and head.shape[0] != model.num_classes:
+        raise ValueError(
+            f"{path}: the checkpoint's heads have {head.shape[0]} classes but the model/data set has "
+            f"{model.num_classes}; use a checkpoint trained on this data set"
+        )
+    model.load_state_dict(weights)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of matching rows of two (B, 4) xyxy box tensors."""
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp_min(0).prod(dim=1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp_min(0).prod(dim=1)
+    return inter / (area(a) + area(b) - inter).clamp_min(1e-9)
+
+
+@torch.no_grad()
+def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None = None, progress: bool = False) -> dict:
+    """Top-1 of every head and every inference mode, and localization of the attention box.
+
+    Modes: ``last`` the deepest head; ``mean`` the mean of all heads' probabilities;
+    ``crop`` the deepest head's probabilities averaged over the global view and a second
+    pass on the attention crop. ``iou50``: share of images whose attention box has IoU
+    >= 0.5 with the ground-truth object box; ``part_hit``: share whose box contains the
+    centre of the discriminative part (synthetic data).
+    """
+    device = device or next(model.parameters()).device
+    autocast, _ = autocast_for(device, cfg.amp)
+    model.eval()
+    mode = cfg.crop_attention
+    layers = crop_attention_layers(model.target_layers, mode)
+    R = model.num_targets
+    # Running sums: hits of each head, of 'mean', of 'crop'; IoU>=0.5 hits and boxes;
+    # part hits and parts; box area share; images.
+    sums = torch.zeros(R + 8, dtype=torch.float64)
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        x, y = batch["image"].to(device), batch["label"].to(device)
+        with autocast():
+            out = model(x, attn_layers=layers, full_attn=mode == "rollout")
+            boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers)[-1]
+            src, sboxes = _crop_source(batch, x, boxes, cfg, device)
+            crop_out = model(crop_and_resize(src, sboxes, cfg.img_size))
+        probs = [lg.float().softmax(-1) for lg in out.logits]
+        p_mean = torch.stack(probs).mean(0)
+        p_crop = 0.5 * (probs[-1] + crop_out.logits[-1].float().softmax(-1))
+        gt, part = batch["box"].to(device).float(), batch["part_box"].to(device).float()
+        has_box, has_part = ~torch.isnan(gt).any(dim=1), ~torch.isnan(part).any(dim=1)
+        cx, cy = (part[:, 0] + part[:, 2]) / 2, (part[:, 1] + part[:, 3]) / 2
+        inside = (cx >= boxes[:, 0]) & (cx <= boxes[:, 2]) & (cy >= boxes[:, 1]) & (cy <= boxes[:, 3])
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(x.shape[-1] * x.shape[-2])
+        row = [(p.argmax(-1) == y).sum() for p in (*probs, p_mean, p_crop)]
+        row += [((box_iou(boxes, gt) >= 0.5) & has_box).sum(), has_box.sum(), (inside & has_part).sum(),
+                has_part.sum(), area.sum(), torch.tensor(len(y))]
+        sums += torch.stack([v.double().cpu() for v in row])
+    c = dist.all_reduce_sum(sums).tolist()
+    n = max(c[R + 7], 1.0)
+    res = {f"top1_head{r}": c[r] / n for r in range(R)}
+    res.update(top1_last=c[R - 1] / n, top1_mean=c[R] / n, top1_crop=c[R + 1] / n)
+    res["iou50"] = c[R + 2] / c[R + 3] if c[R + 3] else float("nan")
+    res["part_hit"] = c[R + 4] / c[R + 5] if c[R + 5] else float("nan")
+    res["box_area"] = c[R + 6] / n
+    res["n"] = int(c[R + 7])
+    return res
+
+
+def _crop_source(batch, x, boxes, cfg: TrainConfig, device):
+    """Image to cut the crop from, and the box in its pixels."""
+    if cfg.crop_from == "source" and "source" in batch:
+        src = batch["source"].to(device)
+        return src, scale_boxes(boxes, x.shape[-2:], src.shape[-2:])
+    return x, boxes
+
+
+# ----------------------------------------------------------------------------- the run
+def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
+    """metrics.jsonl and metrics.csv, rewritten atomically from the whole history."""
+    _atomic_write(out / "metrics.jsonl", lambda tmp: pathlib.Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)))
+    keys: list[str] = []
+    for h in history:
+        keys += [k for k in h if k not in keys]
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(history)
+
+    _atomic_write(out / "metrics.csv", write_csv)
+
+
+def _check_resume(cfg: TrainConfig, saved: dict, path) -> None:
+    mine, theirs = cfg.to_dict(), saved
+    diff = [k for k in mine if k not in RESUMABLE and mine.get(k) != theirs.get(k)]
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
+        raise ConfigError(f"cannot resume {path}: options differ ({details}); use the run's own options or another --out")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
+    """Train as ``cfg`` says; returns {'history', 'test', 'out', 'best_epoch'}.
+
+    ``stop_after_epoch`` ends the call after that epoch's checkpoint, as an interruption
+    would (tests of ``resume`` use it).
+    """
+    cfg = cfg.validate()
+    device = select_device(cfg.device)
+    dist.init_from_env(device.type)
+    main = dist.is_main()
+    out = pathlib.Path(cfg.out)
+    ckpt_path = out / "last.pt"
+    if ckpt_path.exists() and not cfg.resume:
+        raise FileExistsError(
+            f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
+        )
+    _seed_everything(cfg.seed)
+
+    # Data and model. The normalisation is the one the chosen timm weights expect.
+    probe = build_model(cfg.replace(pretrained=False, weights=None), num_classes=1)
+    mean, std = probe.data_config()["mean"], probe.data_config()["std"]
+    del probe
+    data = build_data(cfg, mean, std)
+    num_classes = data["train"].num_classes
+    _seed_everything(cfg.seed)
+    model = build_model(cfg, num_classes).to(device)
+    dist.broadcast_parameters(model)
+    train_items = SeededItems(data["train"], cfg.seed)
+    sampler = EpochBatchSampler(len(train_items), cfg.batch_size, cfg.seed, dist.rank(), dist.world_size())
+    loader = torch.utils.data.DataLoader(train_items, batch_sampler=sampler, num_workers=cfg.workers)
+    eval_sets = {k: _eval_loader(data[k], cfg) for k in ("val", "test") if data[k] is not None}
+
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = len(sampler) if cfg.limit_batches is None else min(len(sampler), cfg.limit_batches)
+    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+    autocast, scaler = autocast_for(device, cfg.amp)
+    strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
+    ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad, grad_sync=dist.sync_gradients)
+    crop_layers = crop_attention_layers(model.target_layers, cfg.crop_attention) if cfg.crop else None
+
+    history: list[dict] = []
+    start_epoch, best, best_epoch = 0, -1.0, -1
+    if cfg.resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        _check_resume(cfg, state["config"], ckpt_path)
+        _load_weights(model, state["model"], ckpt_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        best, best_epoch = state["best"], state["best_epoch"]
+        if main:
+            print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+
+    show = cfg.progress and main
+    for epoch in tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not show, initial=start_epoch, total=cfg.epochs):
+        # Every random draw of an epoch depends on (seed, epoch) only: resume-exact.
+        _seed_everything(cfg.seed * 1000 + epoch)
+        train_items.epoch = sampler.epoch = epoch
+        model.train()
+        stage_losses: list[list[float]] = []
+        crop_losses: list[list[float]] = []
+        t0, seen = time.perf_counter(), 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=steps_per_epoch, leave=False, disable=not show)
+        for i, batch in enumerate(bar):
+            if i >= steps_per_epoch:
+                break
+            x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+            losses, gout = strategy.step(model, optimizer, x, y, ctx, attn_layers=crop_layers,
+                                         full_attn=cfg.crop and cfg.crop_attention == "rollout")
+            stage_losses.append(losses)
+            if cfg.crop:
+                with torch.no_grad():
+                    all_boxes = attention_boxes(gout, cfg.crop_attention, cfg.box_rule, cfg.threshold_scale,
+                                                cfg.min_crop, model.target_layers)
+                for boxes in all_boxes:
+                    src, sboxes = _crop_source(batch, x, boxes, cfg, device)
+                    crops = crop_and_resize(src, sboxes, cfg.img_size).detach()
+                    closs, _ = strategy.step(model, optimizer, crops, y, ctx)
+                    crop_losses.append(closs)
+            scheduler.step()
+            seen += len(y) * dist.world_size()
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
+        elapsed = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        mean_losses = np.mean(stage_losses, axis=0) if stage_losses else []
+        heads = strategy.stages(model) if cfg.strategy == "last" else range(model.num_targets)
+        for r, l in zip(sorted(heads), mean_losses):
+            row[f"loss_head{r}"] = float(l)
+        if crop_losses:
+            for r, l in zip(sorted(heads), np.mean(crop_losses, axis=0)):
+                row[f"crop_loss_head{r}"] = float(l)
+        row["epoch_time_s"], row["images_per_s"] = elapsed, seen / max(elapsed, 1e-9)
+        if "val" in eval_sets:
+            row.update({f"val_{k}": v for k, v in evaluate(model, eval_sets["val"], cfg, device).items()})
+            score = row[f"val_top1_{cfg.select_by}"]
+        else:
+            score = float(epoch)  # no validation split: the latest epoch is the best
+        history.append(row)
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch + 1
+        if main:
+            state = {
+                "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "epoch": epoch, "num_classes": num_classes,
+                "classes": list(getattr(data["train"], "classes", [])),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "history": history, "best": best, "best_epoch": best_epoch,
+            }
+            if improved:
+                save_checkpoint(out / "best.pt", state)
+            save_checkpoint(ckpt_path, state)
+            _write_metrics(out, history)
+        dist.barrier()
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            return {"history": history, "test": None, "out": str(out), "best_epoch": best_epoch, "interrupted": True}
+
+    # The test split is read once, with the checkpoint chosen on validation.
+    best_path = out / "best.pt"
+    if best_path.exists():
+        dist.barrier()
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    test = evaluate(model, eval_sets["test"], cfg, device)
+    test["best_epoch"] = best_epoch
+    if main:
+        _atomic_write(out / "test_metrics.json", lambda tmp: pathlib.Path(tmp).write_text(json.dumps(test, indent=2)))
+    return {"history": history, "test": test, "out": str(out), "best_epoch": best_epoch, "interrupted": False}
