@@ -9,7 +9,9 @@ distractor shapes, coloured dots). The *class* changes only the head: the
 colour of the eye ring, the shape of the beak and whether there is a crest.
 Everything else (body/wing/head colour, pose, background) is drawn
 independently of the class, so global appearance is shared across classes and
-varies within a class.
+varies within a class. ``difficulty`` (default from the calibration in
+``book/dataset.md``) scales the clutter and sensor noise; below 1 it also
+enlarges the head and its parts (up to 2x at 0.5).
 
 The set is written to disk in the exact CUB-200-2011 layout (``images/``,
 ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
@@ -37,7 +39,7 @@ __all__ = [
     "render", "generate", "default_root", "ensure_synthetic",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Defaults chosen by the calibration in ``book/dataset.md``.
 DEFAULTS = dict(num_classes=10, train_per_class=40, test_per_class=20, size=256,
@@ -81,9 +83,33 @@ def _palette_colour(rng, lo=30, hi=230):
     return tuple(int(v) for v in rng.integers(lo, hi, 3))
 
 
-def _bird_parts(spec, nuis):
+def _part_scale(difficulty):
+    """Head/part size factor: 1 at difficulty 1, larger (easier) below it."""
+    return float(np.clip(1.0 / max(difficulty, 1e-3), 1.0, 2.0))
+
+
+def _bird_parts(spec, nuis, k=1.0):
     """Polygons of the bird in canonical coords (x forward, y down, unit = body
-    half-length). Returns list of (name, points, fill, is_part)."""
+    half-length); head, crest, beak and eye are scaled by ``k`` about the
+    neck. Returns list of (name, points, fill, is_part)."""
+    out = []
+    neck = np.array([0.75, -0.3])
+    for name, pts, fill, is_part in _bird_parts_unscaled(spec, nuis):
+        if is_part or name == "head":
+            pts = neck + (np.asarray(pts, float) - neck) * k
+        out.append((name, pts, fill, is_part))
+    return out
+
+
+def _canonical_box(k):
+    """Box covering every class variant (so the class never moves the bird)."""
+    dummy = dict(tail=0.15, wing_c=0, body_c=0, bar_c=0, head_c=0, beak_c=0)
+    pts = np.concatenate([p for s in CLASS_SPECS for t in (-0.15, 0.15)
+                          for _, p, _, _ in _bird_parts(s, {**dummy, "tail": t}, k)])
+    return np.stack([pts.min(0), pts.max(0)])
+
+
+def _bird_parts_unscaled(spec, nuis):
     ring, beak, crest = spec
     hx, hy, hr = 0.95, -0.55, 0.36              # head centre / radius
     parts = []
@@ -186,7 +212,8 @@ def render(class_index: int, seed, size: int = 256, difficulty: float = 1.0):
 
     # canonical -> image transform (extent is class-independent: use a fixed
     # canonical bounding box so class never moves the bird)
-    canon_box = np.array([[-1.7, -1.3], [1.9, 0.9]])   # covers every class variant
+    k = _part_scale(difficulty)
+    canon_box = _canonical_box(k)
     cw, ch = canon_box[1] - canon_box[0]
     scale = math.sqrt(nuis["area"] * size * size / (cw * ch))
     ca, sa = math.cos(nuis["angle"]), math.sin(nuis["angle"])
@@ -204,7 +231,7 @@ def render(class_index: int, seed, size: int = 256, difficulty: float = 1.0):
 
     d = ImageDraw.Draw(img)
     all_pts, part_pts = [], []
-    for name, pts, fill, is_part in _bird_parts(spec, nuis):
+    for name, pts, fill, is_part in _bird_parts(spec, nuis, k):
         p = pts @ R.T + t
         d.polygon([tuple(q) for q in p], fill=fill)
         all_pts.append(p)
