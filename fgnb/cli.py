@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             _evaluate(args)
         else:
             _predict(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, OSError, FloatingPointError) as e:
         print(f"fgnb {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

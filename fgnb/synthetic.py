@@ -41,9 +41,9 @@ __all__ = [
 
 GENERATOR_VERSION = 2
 
-#: Defaults chosen by the calibration in ``book/dataset.md``.
-DEFAULTS = dict(num_classes=10, train_per_class=40, test_per_class=20, size=256,
-                seed=0, difficulty=1.0)
+#: Provisional defaults; see the calibration record in ``book/dataset.md``.
+DEFAULTS = dict(num_classes=10, train_per_class=100, test_per_class=40, size=256,
+                seed=0, difficulty=0.5)
 
 # --- class definitions (fixed, independent of the data seed) ----------------
 RING_COLOURS = {  # eye-ring colour

@@ -84,8 +84,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> FGViT:
     kwargs = {}
     if cfg.patch_size is not None:
         kwargs["patch_size"] = cfg.patch_size
-    if cfg.depth is not None:
-        kwargs["depth"] = cfg.depth
+    for name in ("depth", "embed_dim", "num_heads"):
+        if getattr(cfg, name) is not None:
+            kwargs[name] = getattr(cfg, name)
     targets = cfg.targets if isinstance(cfg.targets, int) else list(cfg.targets)
     return create_model(
         cfg.model, num_classes=num_classes, targets=targets, pretrained=cfg.pretrained, weights=cfg.weights,
@@ -98,6 +99,7 @@ def _synthetic_params(cfg: TrainConfig) -> dict:
         "num_classes": cfg.synthetic_classes,
         "train_per_class": cfg.synthetic_train_per_class,
         "test_per_class": cfg.synthetic_test_per_class,
+        "difficulty": cfg.synthetic_difficulty,
     }
     return {k: v for k, v in named.items() if v is not None}
 

@@ -83,6 +83,17 @@ def colab_url(nb_path: pathlib.Path) -> str:
     return f"{base}/github/{org_repo}/blob/{repo.get('branch', 'main')}/{rel}"
 
 
+#: screenshots tests/test_browser.py took this run (listed at the end of the test output)
+SCREENSHOTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SCREENSHOTS:
+        terminalreporter.section("book screenshots")
+        for path in SCREENSHOTS:
+            terminalreporter.write_line(path)
+
+
 # ---------------------------------------------------------------- the book, built once
 @dataclasses.dataclass
 class BuiltBook:

@@ -1,0 +1,143 @@
+"""The loop: resume-exactness, atomic checkpoints, NaN handling, clear errors, the CLI."""
+import json
+
+import pytest
+import torch
+
+from fgnb.cli import main as cli
+from fgnb.config import ConfigError, TrainConfig, load_config
+from fgnb.train import load_checkpoint, load_model, train, warmup_cosine
+
+TINY = dict(synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
+            depth=3, batch_size=6, epochs=2, warmup_epochs=0.5, progress=False, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FGNB_DATA", str(tmp_path_factory.mktemp("fgnb_data")))
+    yield
+    mp.undo()
+
+
+def cfg(tmp_path, name="run", **kw):
+    return TrainConfig(**{**TINY, **kw, "out": str(tmp_path / name)})
+
+
+def test_train_writes_run_and_metrics(tmp_path):
+    res = train(cfg(tmp_path, crop=True))
+    out = tmp_path / "run"
+    for f in ("last.pt", "best.pt", "metrics.csv", "metrics.jsonl", "config.yaml", "test_metrics.json"):
+        assert (out / f).is_file(), f
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows == res["history"]
+    for k in ("loss_head0", "loss_head2", "crop_loss_head1", "val_top1_last", "val_top1_mean", "val_top1_crop",
+              "val_iou50", "val_part_hit", "images_per_s"):
+        assert k in rows[-1], k
+    t = res["test"]
+    assert t["n"] == 12 and 0 <= t["top1_crop"] <= 1 and 0 <= t["iou50"] <= 1
+    assert load_config(out / "config.yaml") == cfg(tmp_path, crop=True)
+    # the test split was read with the checkpoint selected on validation
+    assert t["best_epoch"] == load_checkpoint(out / "best.pt")["best_epoch"]
+
+
+@pytest.mark.parametrize("strategy", ["progressive", "summed"])
+def test_resume_equals_uninterrupted(tmp_path, strategy):
+    full = train(cfg(tmp_path, "full", strategy=strategy, epochs=3, crop=strategy == "progressive"))
+    part = train(cfg(tmp_path, "part", strategy=strategy, epochs=3, crop=strategy == "progressive"), stop_after_epoch=1)
+    assert part["interrupted"] and len(part["history"]) == 1
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg(tmp_path, "part", strategy=strategy, epochs=3))
+    resumed = train(cfg(tmp_path, "part", strategy=strategy, epochs=3, resume=True, crop=strategy == "progressive"))
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss_head0"] for r in full["history"]] == [r["loss_head0"] for r in resumed["history"]]
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    train(cfg(tmp_path, epochs=2), stop_after_epoch=1)
+    with pytest.raises(ConfigError, match="lr: checkpoint 0.001 vs now 0.5"):
+        train(cfg(tmp_path, epochs=2, lr=0.5, resume=True))
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import fgnb.strategies as strategies
+
+    calls = {"n": 0}
+    real = strategies.F
+
+    class PoisonedF:  # the loss turns NaN after epoch 1 (3 batches x 3 stages)
+        @staticmethod
+        def cross_entropy(logits, y, **kw):
+            calls["n"] += 1
+            loss = real.cross_entropy(logits, y, **kw)
+            return loss * float("nan") if calls["n"] > 9 else loss
+
+    monkeypatch.setattr(strategies, "F", PoisonedF)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(cfg(tmp_path, epochs=3))
+    run = tmp_path / "run"
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="strategy='sum' is not valid: choose one of last, summed, progressive"):
+        TrainConfig(strategy="sum")
+    with pytest.raises(ConfigError, match="img_size=60 is not divisible by patch_size=8"):
+        TrainConfig(img_size=60)
+    with pytest.raises(ConfigError, match="unknown option"):
+        TrainConfig().replace(learning_rate=1)
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1) and warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_cli_help_and_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli(["train", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--strategy", "--crop-attention", "--box-rule", "--resume", "--amp"):
+        assert opt in text
+    assert "(default: 'progressive'; choices: last, summed, progressive)" in " ".join(text.split())
+    assert cli(["train", "--strategy", "sum", "--out", str(tmp_path / "x")]) == 2
+    assert "choose one of last, summed, progressive" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategy: summed\nlearning_rate: 3\n")
+    assert cli(["train", "--config", str(bad)]) == 2
+    assert "unknown option(s) ['learning_rate']" in capsys.readouterr().err
+
+
+def test_cli_train_evaluate_predict(tmp_path, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**TINY, "epochs": 1}.items()))
+    out = tmp_path / "cli"
+    assert cli(["train", "--config", str(y), "--out", str(out), "--strategy", "summed"]) == 0
+    capsys.readouterr()
+    _, c, state = load_model(out / "best.pt")
+    assert c.strategy == "summed" and c.epochs == 1
+    assert cli(["evaluate", str(out / "best.pt"), "--json", str(tmp_path / "e.json")]) == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert ev == pytest.approx({k: saved[k] for k in ev})  # the same numbers as the run's test read
+    from fgnb.synthetic import ensure_synthetic
+
+    root = ensure_synthetic(num_classes=3, train_per_class=8, test_per_class=4)
+    img = sorted((root / "images").rglob("*.jpg"))[0]
+    assert cli(["predict", str(out / "best.pt"), str(img), "--top-k", "2", "--out-dir", str(tmp_path / "pred")]) == 0
+    text = capsys.readouterr().out
+    assert "overlay:" in text and (tmp_path / "pred" / (img.stem + ".attention.png")).is_file()
+
+
+def test_checkpoint_class_mismatch_is_explained(tmp_path):
+    train(cfg(tmp_path, epochs=1))
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    state["num_classes"] = 5
+    torch.save(state, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="heads have 3 classes but the model/data set has 5"):
+        load_model(tmp_path / "wrong.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable fgnb checkpoint"):
+        load_model(tmp_path / "junk.pt")
