@@ -77,8 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from .train import train
 
-            res = train(config_from_args(args))
-            if res["test"] is not None:
+            from . import distributed
+
+            try:
+                res = train(config_from_args(args))
+                main_process = distributed.is_main()
+            finally:
+                distributed.shutdown()
+            if res["test"] is not None and main_process:
                 print(json.dumps(res["test"], indent=2))
         elif args.command == "evaluate":
             _evaluate(args)

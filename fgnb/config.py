@@ -90,6 +90,13 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         for f in fields(self):
+            v, kind = getattr(self, f.name), str(f.type)
+            if isinstance(v, str) and ("float" in kind or "int" in kind) and "str" not in kind:
+                try:
+                    setattr(self, f.name, int(v) if "int" in kind and "float" not in kind else float(v))
+                except ValueError:
+                    raise ConfigError(f"{f.name}={v!r} is not a number") from None
+        for f in fields(self):
             choices = f.metadata.get("choices")
             v = getattr(self, f.name)
             if choices and v not in choices:
@@ -150,6 +157,14 @@ def _parse_value(text: str, default, name: str):
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise argparse.ArgumentTypeError(f"--{name}: cannot read {text!r}: {e}")
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-3" as a string; numbers are never valid string options.
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
     if isinstance(default, bool) and not isinstance(value, bool):
         raise argparse.ArgumentTypeError(f"--{name} takes true or false, got {text!r}")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):

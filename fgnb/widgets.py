@@ -76,6 +76,18 @@ def _as_items(images, labels, part_boxes, max_images: int) -> tuple[torch.Tensor
     return x, lab, pbox
 
 
+def _heat(ax, image: np.ndarray, scores: torch.Tensor, grid, vmax: float | None = None, title: str = "",
+          alpha: float = 0.6):
+    """Image with a (K,) map on top, on the colour scale [0, vmax] (shared by the panels of a figure)."""
+    h, w = image.shape[:2]
+    ax.imshow(image)
+    m = scores.detach().float().cpu().view(1, 1, *grid)
+    up = torch.nn.functional.interpolate(m, size=(h, w), mode="nearest")[0, 0].numpy()
+    ax.imshow(up, cmap="inferno", alpha=alpha, vmin=0.0, vmax=vmax, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
 def _layer_index(layer, depth: int):
     """None -> the last block; negative indices count from the end (others are validated later)."""
     if layer is None:
@@ -262,16 +274,18 @@ class AttentionExplorer(_Explorer):
             ax.imshow(img)
             ax.set_title("image", fontsize=9)
             ax.set_axis_off()
+            vmax = float(self.attn.max())  # one colour scale, 0..max, for all heads
             for h in range(n_heads):
                 a = self.attn[h]
-                overlay(fig.add_subplot(1, cols, h + 2), img, a, grid,
-                        title=f"block {layer} head {h}\nmax {float(a.max()):.3f}")
+                _heat(fig.add_subplot(1, cols, h + 2), img, a, grid, vmax,
+                      title=f"block {layer} head {h}\nmax {float(a.max()):.4f}")
         else:
             a = self.attn[head]
             fig.set_size_inches(6.0, 3.0)
-            overlay(fig.add_subplot(1, 2, 1), img, a, grid, title=f"block {layer}, head {head} over the image")
+            _heat(fig.add_subplot(1, 2, 1), img, a, grid, float(a.max()),
+                  title=f"block {layer}, head {head} over the image (0..max)")
             ax = fig.add_subplot(1, 2, 2)
-            im = ax.imshow(a.view(*grid).numpy(), cmap="inferno")
+            im = ax.imshow(a.view(*grid).numpy(), cmap="inferno", vmin=0.0)
             fig.colorbar(im, ax=ax, fraction=0.046)
             ax.set_title(f"a^h_i on the {grid[0]}x{grid[1]} grid (sum {float(a.sum()):.3f})", fontsize=9)
             ax.set_axis_off()

@@ -146,7 +146,8 @@ _JS_MATH = """() => {
     raw: maths.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.trim().slice(0, 80)),
     errors: Array.from(document.querySelectorAll('mjx-merror')).map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 80)),
     labels: Array.from(document.querySelectorAll('.jupyter-widgets .widget-label'))
-      .filter(e => /\\$[^$]+\\$/.test(e.textContent) && !e.querySelector('mjx-container')).map(e => e.textContent),
+      .filter(e => /\\$[^$]+\\$|\\\\\\(.+\\\\\\)/.test(e.textContent) && !e.querySelector('mjx-container'))
+      .map(e => e.textContent),
   };
 }"""
 
@@ -198,9 +199,18 @@ def expected_controls(state: dict, view_ids: list[str]) -> list[dict]:
     return out
 
 
+def _has_tex(label: str) -> bool:
+    return "$" in label or "\\(" in label
+
+
+def _norm(text) -> str:
+    """Collapse whitespace (ipywidgets shows option labels with non-breaking spaces)."""
+    return " ".join(str(text).split())
+
+
 def _same_value(want, fmt, shown: str) -> bool:
     if want is None or isinstance(want, str) or fmt is None:
-        return str(want) == shown or (want is None and shown in ("", "None"))
+        return _norm(want) == _norm(shown) or (want is None and shown in ("", "None"))
     try:
         got = float(shown.replace("\u2212", "-"))
     except ValueError:
@@ -298,7 +308,7 @@ def check_page(ctx, path: pathlib.Path, root: pathlib.Path, colab: str | None = 
             pools = {"slider": list(got["sliders"]), "dropdown": list(got["dropdowns"])}
             for w in want:
                 pool = pools[w["kind"]]
-                match = next((g for g in pool if ("$" in w["label"] or g["label"] == w["label"].strip())
+                match = next((g for g in pool if (_has_tex(w["label"]) or _norm(g["label"]) == _norm(w["label"]))
                               and _same_value(w["value"], w.get("fmt"), g["value"])), None)
                 if match is None:
                     problems.append(f"{w['kind']} {w['label']!r}: saved value {w['value']!r} not shown "
@@ -390,15 +400,36 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-# The notebook Voila runs: one explorer from fgnb.widgets on a tiny untrained model.
-LIVE_NOTEBOOK = '''\
+# The notebook Voila runs: the chapter-4 explorer on a tiny untrained model (seeded), plus
+# a line showing the explorer's current box (its observer runs after the explorer's redraw).
+# An untrained model's attention is nearly flat, so the initial threshold scale is chosen
+# where the box differs from the box at the slider's minimum (where every patch is marked):
+# the test then drags the scale to its minimum (Home key) and expects the box to change.
+LIVE_NOTEBOOK = """\
+import ipywidgets as W
+import numpy as np
 import torch
-import fgnb.widgets as W
+from IPython.display import display
+from fgnb.model import create_model
+from fgnb.widgets import ThresholdExplorer
+
 torch.manual_seed(0)
-cls = getattr(W, "ThresholdExplorer", None) or getattr(W, "AttentionExplorer")
-explorer = cls.demo() if hasattr(cls, "demo") else cls()
-explorer.box
-'''
+model = create_model("vit_tiny_patch16_224", num_classes=4, img_size=64, patch_size=8, depth=6)
+explorer = ThresholdExplorer(model, torch.randn(2, 3, 64, 64))
+c = explorer.controls
+box_at = lambda s: explorer.compute(0, c["mode"].value, c["layer"].value, s, c["rule"].value)[2].tolist()
+start = next((float(s) for s in np.arange(1.0, c["scale"].max, c["scale"].step)
+              if box_at(round(float(s), 2)) != box_at(c["scale"].min)), None)
+assert start is not None, "no threshold scale gives a box other than the one at the minimum"
+explorer.set(scale=round(start, 2))
+box = W.HTML()
+def show_box(*_):
+    box.value = "<span class='fgnb-box'>box " + ",".join(f"{v:.0f}" for v in explorer.box.tolist()) + "</span>"
+for w in c.values():
+    w.observe(show_box, names="value")
+show_box()
+display(explorer.widget, box)
+"""
 
 
 def test_live_explorer_in_a_kernel(chromium, tmp_path):
@@ -407,8 +438,8 @@ def test_live_explorer_in_a_kernel(chromium, tmp_path):
         import fgnb.widgets as W
     except ImportError as e:
         pytest.skip(f"fgnb.widgets not importable yet: {e}")
-    if not (hasattr(W, "ThresholdExplorer") or hasattr(W, "AttentionExplorer")):
-        pytest.skip("fgnb.widgets has no ThresholdExplorer/AttentionExplorer")
+    if not hasattr(W, "ThresholdExplorer"):
+        pytest.skip("fgnb.widgets has no ThresholdExplorer")
     if shutil.which("voila") is None and subprocess.run([sys.executable, "-c", "import voila"]).returncode:
         pytest.skip("voila is not installed (requirements.txt)")
     import nbformat
@@ -455,28 +486,34 @@ def test_live_explorer_in_a_kernel(chromium, tmp_path):
 
             page.route("**/*", route)
             page.goto(base + "/", timeout=60_000)
-            slider = page.locator(".jupyter-widgets.widget-slider").first
-            slider.wait_for(timeout=180_000)  # kernel start + torch import + first picture
+            sliders = page.locator(".jupyter-widgets.widget-slider")
+            sliders.first.wait_for(timeout=180_000)  # kernel start + torch import + first picture
+            scale = sliders.filter(has=page.locator(".widget-label", has_text="scale"))
+            slider = scale.first if scale.count() else sliders.first
             kids.update(_children(server.pid))
             t_ready = time.perf_counter() - t0
             signature = """() => Array.from(document.querySelectorAll('.jupyter-widgets img, .jupyter-widgets svg'))
                 .map(e => e.tagName === 'IMG' ? e.src : e.outerHTML.length).join('|')"""
             page.wait_for_function(f"() => ({signature})().length > 0", timeout=60_000)
+            box_text = page.locator(".fgnb-box")
+            box_text.wait_for(timeout=60_000)
             before, readout = page.evaluate(signature), slider.locator(".widget-readout").inner_text()
+            box_before = box_text.inner_text()
             handle = slider.locator(".noUi-handle").first
             handle.focus()
-            handle.press("End")
-            if slider.locator(".widget-readout").inner_text() == readout:
-                for _ in range(3):
-                    handle.press("ArrowRight")
+            handle.press("Home")  # to the slider's minimum
             after_readout = slider.locator(".widget-readout").inner_text()
             assert after_readout != readout, f"the slider did not move ({readout})"
             page.wait_for_function(f"b => ({signature})() !== b", arg=before, timeout=60_000)
+            page.wait_for_function("b => document.querySelector('.fgnb-box').textContent !== b",
+                                   arg=box_before, timeout=30_000)
+            box_after = box_text.inner_text()
             shot = SHOTS / "live_explorer.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
             print(f"\n[live] explorer ready after {t_ready:.1f} s; slider {readout} -> {after_readout}, "
-                  f"picture changed after {time.perf_counter() - t0:.1f} s; screenshot {shot}; "
+                  f"picture changed, {box_before} -> {box_after}, after {time.perf_counter() - t0:.1f} s; "
+                  f"screenshot {shot}; "
                   f"blocked: {sorted(set(blocked))}")
         finally:
             ctx.close()

@@ -1,0 +1,496 @@
+"""Speed and memory of fgnb against plain timm, as ratios measured in the same run.
+
+    python bench/speed.py --out bench/results/speed_cpu.json          # ~5 min on 2 CPU cores
+    python bench/speed.py --tiny --out /tmp/speed.json                # seconds (CI)
+
+Sections (every figure is a ratio against a reference timed in the same process, in
+interleaved rounds after warm-up: each round times the reference and every candidate once,
+and the reported ratio is the median over rounds of candidate / reference; medians of the
+absolute times are kept as context):
+
+1. ``train_step``: one training step of each strategy (``last``, ``summed``,
+   ``progressive``, ``progressive+crop``) against a plain timm ViT step (``timm.create_model``
+   with its own head, cross-entropy, backward, AdamW step) on the same batch and model
+   size. Ideal progressive cost = sum of the stage depths / depth (R = 3 stages running
+   as deep as their target layer); with the crop, twice that (a second progressive step
+   on the crops). Peak memory per strategy against timm's: ``torch.cuda.max_memory_allocated``
+   on CUDA; on CPU the peak-RSS growth during one step (``/proc/self/status`` VmHWM after
+   resetting it through ``/proc/self/clear_refs``) in a child process with a fixed malloc
+   mmap threshold, so freed tensors leave the resident set.
+2. ``attn_capture``: FGViT forward returning every layer's per-head CLS attention against
+   timm's fused ``forward_features`` (inference, no grad), and the naive way (fused
+   attention off, the full N x N maps kept through hooks).
+3. ``crop``: the batched crop pipeline (head_product, mean_threshold, boxes_from_mask,
+   crop_and_resize) against a per-image loop (numpy product/threshold/box, PIL crop +
+   resize BILINEAR), and its share of one ``progressive+crop`` training step.
+4. ``throughput``: training images/s per strategy (batch / median step time).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import REPO, command_line, git_commit, machine_info, utc_now, write_json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+STRATEGY_ITEMS = ("last", "summed", "progressive", "progressive+crop")
+
+
+# ----------------------------------------------------------------------------- helpers
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict, reference: str, warmup: int, repeats: int, device) -> dict:
+    """Time every fn once per round, rounds after warm-up; ratios per round vs the reference."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    out = {}
+    for k, ts in times.items():
+        ratios = [a / b for a, b in zip(ts, times[reference])]
+        out[k] = {
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "ratio": statistics.median(ratios),
+            "ratio_iqr": _iqr(ratios),
+            "times_s": [round(t, 5) for t in ts],
+        }
+    return out
+
+
+def _iqr(xs):
+    if len(xs) < 4:
+        return None
+    q = statistics.quantiles(xs, n=4)
+    return [q[0], q[2]]
+
+
+def rows_add(rows, section, item, **kw):
+    rows.append({"section": section, "item": item, **kw})
+
+
+def small_vit_kwargs(a) -> dict:
+    kw = dict(img_size=a.img_size, patch_size=a.patch_size, depth=a.depth)
+    if getattr(a, "embed_dim", None):
+        kw["embed_dim"] = a.embed_dim
+    if getattr(a, "num_heads", None):
+        kw["num_heads"] = a.num_heads
+    return kw
+
+
+# ----------------------------------------------------------------------------- 1. train step
+class TimmStep:
+    """The reference: a plain timm ViT training step with its own head."""
+
+    def __init__(self, model_name, num_classes, lr, device, **kw):
+        import timm
+        self.model = timm.create_model(model_name, num_classes=num_classes, **kw).to(device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
+
+    def __call__(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+
+
+class FgnbStep:
+    """One fgnb strategy step; with ``crop`` also the crop branch exactly as train() runs it."""
+
+    def __init__(self, strategy, crop, model_name, num_classes, lr, device, **kw):
+        from fgnb.model import create_model
+        from fgnb.strategies import StepContext, make_strategy
+        self.model = create_model(model_name, num_classes=num_classes, **kw).to(device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
+        self.strategy, self.crop = make_strategy(strategy), crop
+        self.ctx = StepContext()
+        self.size = kw["img_size"]
+
+    def __call__(self, x, y):
+        from fgnb.crop import attention_boxes, crop_and_resize, crop_attention_layers
+        m = self.model
+        layers = crop_attention_layers(m.target_layers, "last") if self.crop else None
+        _, out = self.strategy.step(m, self.opt, x, y, self.ctx, attn_layers=layers)
+        if self.crop:
+            with torch.no_grad():
+                boxes = attention_boxes(out, "last", "all", 1.0, 0, m.target_layers)[0]
+                crops = crop_and_resize(x, boxes, self.size)
+            self.strategy.step(m, self.opt, crops, y, self.ctx)
+
+
+def make_step(item, a, device):
+    kw = small_vit_kwargs(a)
+    if item == "timm":
+        return TimmStep(a.model, a.classes, 1e-4, device, **kw)
+    strategy, crop = item.split("+")[0], item.endswith("+crop")
+    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, **kw)
+
+
+def ideal_costs(depth: int, targets: int = 3) -> dict:
+    from fgnb.model import resolve_targets
+    layers = resolve_targets(targets, depth)
+    prog = sum(l + 1 for l in layers) / depth
+    return {"timm": 1.0, "last": 1.0, "summed": 1.0, "progressive": prog, "progressive+crop": 2 * prog,
+            "_target_layers": list(layers)}
+
+
+def bench_train_step(a, device, rows, res):
+    torch.manual_seed(0)
+    x = torch.randn(a.batch, 3, a.img_size, a.img_size, device=device)
+    y = torch.randint(0, a.classes, (a.batch,), device=device)
+    items = ["timm", *STRATEGY_ITEMS]
+    steps = {k: make_step(k, a, device) for k in items}
+    fns = {k: (lambda s=s: s(x, y)) for k, s in steps.items()}
+    r = interleaved(fns, "timm", a.warmup, a.repeats, device)
+    ideal = ideal_costs(a.depth)
+    res["train_step"] = {"timing": r, "ideal": ideal, "batch": a.batch,
+                         "model": dict(name=a.model, **small_vit_kwargs(a)), "classes": a.classes,
+                         "reference": "timm.create_model(own head) + cross_entropy + backward + AdamW.step"}
+    for k in STRATEGY_ITEMS:
+        rows_add(rows, "train_step", k, ratio=r[k]["ratio"], ideal=ideal[k], ratio_over_ideal=r[k]["ratio"] / ideal[k],
+                 value=r[k]["median_s"] * 1000, unit="ms/step (timm %.1f ms)" % (r["timm"]["median_s"] * 1000))
+    for k in items:
+        rows_add(rows, "throughput", k, value=a.batch / r[k]["median_s"], unit="images/s",
+                 ratio=r["timm"]["median_s"] / r[k]["median_s"])
+    res["throughput"] = {k: a.batch / r[k]["median_s"] for k in items}
+    del steps
+    gc.collect()
+    return r
+
+
+# ----------------------------------------------------------------------------- memory
+def _rss_kb(field):
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def _reset_hwm():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def memory_worker(a) -> dict:
+    """Peak memory growth of one step per item (run in a child process on CPU)."""
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    x = torch.randn(a.batch, 3, a.img_size, a.img_size, device=device)
+    y = torch.randint(0, a.classes, (a.batch,), device=device)
+    out = {}
+    for k in ["timm", *STRATEGY_ITEMS]:
+        step = make_step(k, a, device)
+        step(x, y)  # optimizer state exists from here on, as in training
+        step(x, y)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            step(x, y)
+            torch.cuda.synchronize(device)
+            out[k] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        else:
+            base = _rss_kb("VmRSS")
+            _reset_hwm()
+            step(x, y)
+            out[k] = (_rss_kb("VmHWM") - base) / 1024
+        del step
+        gc.collect()
+    return out
+
+
+def bench_memory(a, device, rows, res):
+    method = ("torch.cuda.max_memory_allocated during one step minus memory allocated before it"
+              if device.type == "cuda" else
+              "CPU: peak RSS growth during one step (VmHWM after clear_refs=5) in a child process "
+              "with MALLOC_MMAP_THRESHOLD_=65536; includes activations, gradients and temporaries, not "
+              "the weights and optimizer state allocated before the step; allocator caching makes it approximate")
+    mem = None
+    try:
+        if device.type == "cuda":
+            mem = memory_worker(a)
+        else:
+            pathlib.Path("/proc/self/clear_refs").stat()
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(REPO)}
+            args = [sys.executable, __file__, "--_memory-worker", json.dumps(vars(a))]
+            p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+            if p.returncode == 0:
+                mem = json.loads(p.stdout.strip().splitlines()[-1])
+            else:
+                method = f"n/a: memory worker failed: {p.stderr[-500:]}"
+    except (OSError, subprocess.SubprocessError) as e:
+        method = f"n/a on this platform ({e})"
+    res["memory"] = {"method": method, "peak_mib": mem}
+    if mem:
+        for k in STRATEGY_ITEMS:
+            rows_add(rows, "memory", k, ratio=mem[k] / mem["timm"] if mem["timm"] > 0 else None,
+                     value=mem[k], unit="MiB peak growth per step (timm %.0f MiB)" % mem["timm"])
+    else:
+        for k in STRATEGY_ITEMS:
+            rows_add(rows, "memory", k, ratio=None, value=None, unit=method)
+
+
+# ----------------------------------------------------------------------------- 2. attention capture
+def bench_capture(a, device, rows, res):
+    from fgnb.model import create_model
+    out = {}
+    for width, cfgs in a.capture_sets:
+        for img, batch in cfgs:
+            torch.manual_seed(0)
+            m = create_model(width, num_classes=10, img_size=img, **a.capture_kwargs).to(device).eval()
+            vit = m.vit
+            x = torch.randn(batch, 3, img, img, device=device)
+            naive_store = {}
+
+            def keep(i):
+                def hook(_mod, _inp, attn):
+                    naive_store[i] = attn.detach()
+                return hook
+
+            def naive():
+                for blk in vit.blocks:
+                    blk.attn.fused_attn = False
+                hooks = [blk.attn.attn_drop.register_forward_hook(keep(i)) for i, blk in enumerate(vit.blocks)]
+                try:
+                    vit.forward_features(x)
+                    # The same per-head CLS rows, cut out of the full maps.
+                    [naive_store[i][:, :, 0, vit.num_prefix_tokens:] for i in range(len(vit.blocks))]
+                finally:
+                    for h in hooks:
+                        h.remove()
+                    for blk in vit.blocks:
+                        blk.attn.fused_attn = True
+                    naive_store.clear()
+
+            fns = {
+                "timm_fused": lambda: vit.forward_features(x),
+                "fgnb_no_capture": lambda: m(x),
+                "fgnb_cls_all_layers": lambda: m(x, attn_layers="all"),
+                "naive_full_maps": naive,
+            }
+            with torch.no_grad():
+                # Check that all ways agree before timing them.
+                o = m(x, attn_layers="all")
+                for blk in vit.blocks:
+                    blk.attn.fused_attn = False
+                hooks = [blk.attn.attn_drop.register_forward_hook(keep(i)) for i, blk in enumerate(vit.blocks)]
+                vit.forward_features(x)
+                for h in hooks:
+                    h.remove()
+                for blk in vit.blocks:
+                    blk.attn.fused_attn = True
+                err = max((o.attn[i] - naive_store[i][:, :, 0, vit.num_prefix_tokens:]).abs().max().item()
+                          for i in range(len(vit.blocks)))
+                naive_store.clear()
+                r = interleaved(fns, "timm_fused", a.warmup, a.repeats, device)
+            key = f"{width}@{img}px,batch{batch}"
+            n_tok = (img // m.patch_size[0]) ** 2 + 1
+            out[key] = {"timing": r, "max_abs_diff_vs_naive": err, "tokens": n_tok, "heads": vit.blocks[0].attn.num_heads,
+                        "full_maps_bytes_per_image": 4 * len(vit.blocks) * vit.blocks[0].attn.num_heads * n_tok ** 2}
+            for k in ("fgnb_no_capture", "fgnb_cls_all_layers", "naive_full_maps"):
+                rows_add(rows, "attn_capture", f"{k} [{key}]", ratio=r[k]["ratio"],
+                         value=r[k]["median_s"] * 1000, unit="ms/forward (timm fused %.1f ms)" % (r["timm_fused"]["median_s"] * 1000))
+            del m, vit
+            gc.collect()
+    res["attn_capture"] = out
+
+
+# ----------------------------------------------------------------------------- 3. crop pipeline
+def pil_crop_loop(attn_np, images_pil, grid, patch, size):
+    """The per-image way: numpy product over heads, mean threshold, box, PIL crop + resize."""
+    from PIL import Image
+    gh, gw = grid
+    out = []
+    for a, img in zip(attn_np, images_pil):
+        s = np.log(np.maximum(a, 1e-45)).sum(axis=0)  # product over heads, in log space
+        p = np.exp(s - s.max())
+        mask = (p > p.mean()).reshape(gh, gw)
+        rows, cols = np.nonzero(mask)
+        if len(rows) == 0:
+            box = (0, 0, gw * patch, gh * patch)
+        else:
+            box = (cols.min() * patch, rows.min() * patch, (cols.max() + 1) * patch, (rows.max() + 1) * patch)
+        out.append(img.crop(box).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def _to_pil(images):
+    from PIL import Image
+    u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(u) for u in u8]
+
+
+def _from_pil(pils):
+    return torch.from_numpy(np.stack([np.asarray(p) for p in pils])).permute(0, 3, 1, 2).float() / 255
+
+
+def bench_crop(a, device, rows, res, step_timing):
+    from fgnb.attention import boxes_from_mask, head_product, mean_threshold
+    from fgnb.crop import crop_and_resize
+    out = {}
+    for name, img, patch, heads, batch in a.crop_sets:
+        torch.manual_seed(0)
+        gh = gw = img // patch
+        images = torch.rand(batch, 3, img, img, device=device)
+        attn = torch.rand(batch, heads, gh * gw, device=device).softmax(-1)
+
+        def batched():
+            m = mean_threshold(head_product(attn))
+            boxes = boxes_from_mask(m, (gh, gw), patch)
+            return crop_and_resize(images, boxes, img)
+
+        attn_np = attn.cpu().numpy()
+        pils = _to_pil(images)
+
+        def loop_with_conversion():
+            # What a per-image training loop must do: tensor -> PIL -> crop/resize -> tensor.
+            an = attn.cpu().numpy()
+            return _from_pil(pil_crop_loop(an, _to_pil(images), (gh, gw), patch, img)).to(device)
+
+        def loop_pil_only():
+            return pil_crop_loop(attn_np, pils, (gh, gw), patch, img)
+
+        fns = {"pil_loop_with_conversion": loop_with_conversion, "pil_loop_pil_only": loop_pil_only, "fgnb_batched": batched}
+        r = interleaved(fns, "fgnb_batched", a.warmup, a.repeats, device)
+        # Boxes agree between the two ways?
+        with torch.no_grad():
+            mb = boxes_from_mask(mean_threshold(head_product(attn)), (gh, gw), patch)
+        same = 0
+        for i in range(batch):
+            s = np.log(np.maximum(attn_np[i], 1e-45)).sum(0)
+            p = np.exp(s - s.max())
+            rr, cc = np.nonzero((p > p.mean()).reshape(gh, gw))
+            b = (cc.min() * patch, rr.min() * patch, (cc.max() + 1) * patch, (rr.max() + 1) * patch) if len(rr) else (0, 0, img, img)
+            same += tuple(int(v) for v in mb[i].tolist()) == b
+        key = f"{name}: {batch}x{img}px, patch {patch}, {heads} heads"
+        entry = {"timing": r, "boxes_equal": f"{same}/{batch}",
+                 "speedup_vs_loop_with_conversion": r["pil_loop_with_conversion"]["ratio"],
+                 "speedup_vs_loop_pil_only": r["pil_loop_pil_only"]["ratio"]}
+        if name == "train-config" and step_timing is not None:
+            t_step = step_timing["progressive+crop"]["median_s"]
+            entry["share_of_progressive_crop_step"] = r["fgnb_batched"]["median_s"] / t_step
+            rows_add(rows, "crop", f"share of one progressive+crop step [{key}]", ratio=entry["share_of_progressive_crop_step"],
+                     value=r["fgnb_batched"]["median_s"] * 1000, unit="ms batched crop (goal: share < 0.03)")
+        rows_add(rows, "crop", f"speedup vs per-image PIL loop incl. tensor<->PIL [{key}]",
+                 ratio=r["pil_loop_with_conversion"]["ratio"], value=r["fgnb_batched"]["median_s"] * 1000,
+                 unit="ms batched (goal: >= 10x)")
+        rows_add(rows, "crop", f"speedup vs per-image PIL loop, PIL in/out [{key}]",
+                 ratio=r["pil_loop_pil_only"]["ratio"], value=r["pil_loop_pil_only"]["median_s"] * 1000,
+                 unit="ms per-image loop")
+        out[key] = entry
+    res["crop"] = out
+
+
+# ----------------------------------------------------------------------------- main
+def settings(args) -> argparse.Namespace:
+    a = argparse.Namespace(**vars(args))
+    if args.tiny:
+        a.batch, a.img_size, a.patch_size, a.depth, a.classes = 4, 32, 8, 4, 5
+        a.warmup, a.repeats = 1, 3
+        a.capture_sets = [("vit_tiny_patch16_224", [(32, 2)])]
+        a.capture_kwargs = dict(patch_size=8, depth=3)
+        a.crop_sets = [("train-config", 32, 8, 3, 4)]
+    else:
+        a.capture_sets = [("vit_tiny_patch16_224", [(224, 8), (448, 2)])]
+        if args.base_width:
+            a.capture_sets.append(("vit_base_patch16_224", [(224, 1), (448, 1)]))
+        a.capture_kwargs = {}
+        a.crop_sets = [("train-config", a.img_size, a.patch_size, 3, a.batch),
+                       ("cub-448", 448, 16, 12, 16)]
+    return a
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench/results/speed_cpu.json")
+    p.add_argument("--device", default="auto", help="auto (cuda if present) or a torch device")
+    p.add_argument("--model", default="vit_tiny_patch16_224")
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--embed-dim", type=int, help="token width (default: the model's)")
+    p.add_argument("--num-heads", type=int, help="attention heads (default: the model's)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--base-width", action="store_true", help="also time attention capture with ViT-B/16 (batch 1)")
+    p.add_argument("--sections", nargs="+", default=["train_step", "memory", "attn_capture", "crop"],
+                   choices=["train_step", "memory", "attn_capture", "crop"])
+    p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
+    p.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.memory_worker:
+        a = argparse.Namespace(**json.loads(args.memory_worker))
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        print(json.dumps(memory_worker(a)))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    a = settings(args)
+    t0 = time.perf_counter()
+    res = {"kind": "speed", "schema": 1, "command": command_line(), **git_commit(), "machine": machine_info(),
+           "started": utc_now(), "device": str(device), "tiny": bool(args.tiny),
+           "settings": {k: v for k, v in vars(a).items() if k not in ("memory_worker",)},
+           "method": "ratios = median over interleaved rounds of (candidate time / reference time in the same round), "
+                     f"{a.warmup} warm-up + {a.repeats} timed rounds; absolute times are context only",
+           "rows": []}
+    rows = res["rows"]
+    timing = None
+    for section in args.sections:
+        ts = time.perf_counter()
+        print(f"[{utc_now()}] {section} ...", flush=True)
+        if section == "train_step":
+            timing = bench_train_step(a, device, rows, res)
+        elif section == "memory":
+            bench_memory(a, device, rows, res)
+        elif section == "attn_capture":
+            with torch.no_grad():
+                bench_capture(a, device, rows, res)
+        elif section == "crop":
+            bench_crop(a, device, rows, res, timing)
+        res.setdefault("section_wall_s", {})[section] = round(time.perf_counter() - ts, 1)
+    res["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    res["finished"] = utc_now()
+    try:
+        res["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    write_json(args.out, res)
+    from fgnb.results import speed_table
+    print(speed_table(res, markdown=True))
+    print(f"wrote {args.out} in {res['wall_time_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

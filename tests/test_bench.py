@@ -1,0 +1,112 @@
+"""The benchmarks run end to end at --tiny and write results files of the documented shape.
+
+No timing is asserted: only that every section ran and the JSON has its fields, that
+the ablation skips finished runs on a second call, and that fgnb.results reads both files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args, tmp_path, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FGNB_DATA": os.environ.get("FGNB_DATA", str(tmp_path / "data"))}
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return p.stdout
+
+
+def _check_header(res, kind):
+    assert res["kind"] == kind
+    for key in ("command", "commit", "dirty", "machine", "started", "finished", "wall_time_s"):
+        assert key in res, key
+    for key in ("cpu", "torch", "timm", "torch_threads", "python"):
+        assert key in res["machine"], key
+
+
+@pytest.fixture(scope="module")
+def speed_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("speed")
+    out = tmp / "speed.json"
+    _run(["bench/speed.py", "--tiny", "--device", "cpu", "--threads", "1", "--out", str(out)], tmp)
+    return json.loads(out.read_text())
+
+
+def test_speed_schema(speed_results):
+    from fgnb.results import speed_table
+
+    res = speed_results
+    _check_header(res, "speed")
+    step = res["train_step"]
+    assert set(step["timing"]) == {"timm", "last", "summed", "progressive", "progressive+crop"}
+    for t in step["timing"].values():
+        assert t["median_s"] > 0 and t["ratio"] > 0 and len(t["times_s"]) == res["settings"]["repeats"]
+    # ideal progressive cost = sum of stage depths / depth: depth 4, targets 1,2,3 -> (2+3+4)/4
+    assert step["ideal"]["progressive"] == pytest.approx(9 / 4)
+    assert step["ideal"]["progressive+crop"] == pytest.approx(2 * 9 / 4)
+    assert set(res["throughput"]) == set(step["timing"])
+    assert "method" in res["memory"] and "peak_mib" in res["memory"]
+    for entry in res["attn_capture"].values():
+        assert {"timm_fused", "fgnb_cls_all_layers", "naive_full_maps"} <= set(entry["timing"])
+        assert entry["max_abs_diff_vs_naive"] < 1e-4  # fgnb's CLS rows are the naive maps' rows
+    for entry in res["crop"].values():
+        assert entry["speedup_vs_loop_with_conversion"] > 0
+        n = int(entry["boxes_equal"].split("/")[1])
+        assert entry["boxes_equal"] == f"{n}/{n}"  # batched boxes == per-image numpy boxes
+    assert any("share_of_progressive_crop_step" in e for e in res["crop"].values())
+    rows = speed_table(res)
+    sections = {r["section"] for r in rows}
+    assert {"train_step", "memory", "attn_capture", "crop", "throughput"} <= sections
+    assert "| section |" in speed_table(res, markdown=True)
+
+
+def test_ablation_schema_and_resume(tmp_path):
+    from fgnb.results import ablation_table, load_results
+
+    out, runs = tmp_path / "ablation.json", tmp_path / "runs"
+    args = ["bench/ablation.py", "--tiny", "--threads", "1", "--seeds", "0", "1",
+            "--variants", "last", "progressive+crop", "--runs-dir", str(runs), "--out", str(out)]
+    _run(args, tmp_path)
+    res = load_results(out)
+    _check_header(res, "ablation")
+    assert res["complete"] and len(res["runs"]) == 4
+    for r in res["runs"]:
+        assert (pathlib.Path(r["out"]) / "test_metrics.json").exists()
+        for m in ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit"):
+            assert 0 <= r["test"][m] <= 1
+    assert [t["variant"] for t in res["table"]] == ["last", "progressive+crop"]
+    assert all(t["n_seeds"] == 2 for t in res["table"])
+    rows = ablation_table(res)
+    assert rows[0]["variant"] == "last" and "±" in rows[0]["top1_last"]
+    assert "| variant |" in ablation_table(res, markdown=True)
+    # A second call finds every run done and skips it.
+    stdout = _run(args, tmp_path)
+    assert stdout.count("skipped (done)") == 4
+    assert all(r["skipped"] for r in load_results(out)["runs"])
+
+
+def test_results_loader_rejects_other_json(tmp_path):
+    from fgnb.results import load_results
+
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"a": 1}))
+    with pytest.raises(ValueError):
+        load_results(p)
+    with pytest.raises(FileNotFoundError):
+        load_results(tmp_path / "missing.json")
+
+
+def test_published_file_is_cited():
+    from fgnb.results import load_results
+
+    pub = load_results(ROOT / "bench" / "published.json")
+    assert pub["kind"] == "published"
+    for row in pub["rows"]:
+        assert row["cited"] is True and row["source"]
