@@ -41,18 +41,23 @@ VARIANTS = {
     "progressive+crop:per_layer": dict(strategy="progressive", crop=True, crop_attention="per_layer"),
 }
 
+#: Relative cost of a training step (plain step = 1; depth 6, targets 3..5): for scheduling.
+COST = {"last": 1.0, "summed": 1.0, "progressive": 2.5, "progressive+crop": 5.0, "progressive+crop:largest": 5.0,
+        "progressive+crop:source": 5.2, "progressive+crop:per_layer": 10.0}
+
 #: Test metrics aggregated over seeds.
 METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 
 #: The CPU base: the book's small ViT, sized so that all 21 runs fit in ~35 min on a
 #: shared 2-core machine (see bench/README.md for the measurement that set it).
 CPU_BASE = dict(
-    dataset="synthetic", model="vit_tiny_patch16_224", img_size=64, patch_size=8, depth=6,
-    epochs=4, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_epochs=1.0,
-    device="cpu", progress=False,
+    dataset="synthetic", synthetic_classes=10, synthetic_train_per_class=100, synthetic_test_per_class=40,
+    synthetic_difficulty=0.5, model="vit_tiny_patch16_224", img_size=64, patch_size=8, depth=6,
+    embed_dim=96, num_heads=3, epochs=3, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05,
+    warmup_epochs=0.5, device="cpu", progress=False,
 )
 TINY = dict(epochs=1, limit_batches=1, batch_size=8, synthetic_classes=3, synthetic_train_per_class=6,
-            synthetic_test_per_class=2, val_fraction=0.3)
+            synthetic_test_per_class=2, synthetic_difficulty=0.5, val_fraction=0.3)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -142,12 +147,10 @@ def dataset_info(cfg) -> dict:
     if cfg.dataset != "synthetic":
         return {"dataset": cfg.dataset, "data_root": cfg.data_root}
     root = cfg.data_root
-    if root is None:
-        from fgnb.synthetic import DEFAULTS, default_root  # noqa: F401
-        return {"dataset": "synthetic", "data_root": None, "note": "generator defaults at run time",
-                "params": {**DEFAULTS, **{k: v for k, v in dict(
-                    num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
-                    test_per_class=cfg.synthetic_test_per_class).items() if v is not None}}}
+    if root is None:  # the generator's cache folder for these parameters (generated here if missing)
+        from fgnb.synthetic import ensure_synthetic
+        from fgnb.train import _synthetic_params
+        root = ensure_synthetic(**_synthetic_params(cfg))
     meta = pathlib.Path(root) / "meta.json"
     params = json.loads(meta.read_text()).get("params") if meta.exists() else None
     return {"dataset": "synthetic", "data_root": str(root), "params": params}
@@ -164,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", help="override the base's data_root")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other TrainConfig option of the base")
     p.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (use with --threads 1)")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI): 1 batch, tiny data")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
     args = p.parse_args(argv)
@@ -192,21 +196,43 @@ def main(argv=None) -> int:
         "table": [],
     }
     plan = [(v, s) for s in args.seeds for v in args.variants]  # seed-major: a partial result covers all variants
-    for i, (v, s) in enumerate(plan):
+    cfgs = {}
+    for v, s in plan:
         out = runs_dir / v.replace(":", "_").replace("+", "_") / f"seed{s}"
-        cfg = base.replace(**VARIANTS[v], seed=s, out=str(out))
-        ts = time.perf_counter()
-        print(f"[{utc_now()}] run {i + 1}/{len(plan)}: {v} seed {s} -> {out}", flush=True)
-        row = run_one(cfg.to_dict(), args.threads)
-        row.update(variant=v, seed=s, out=str(out))
+        cfgs[(v, s)] = base.replace(**VARIANTS[v], seed=s, out=str(out)).to_dict()
+    done = {}
+
+    def record(key, row, seconds):
+        v, s = key
+        row.update(variant=v, seed=s, out=cfgs[key]["out"])
         test = row["test"]
-        print(f"[{utc_now()}]   {'skipped (done)' if row['skipped'] else f'{time.perf_counter() - ts:.0f} s'}: "
+        print(f"[{utc_now()}]   done {v} seed {s}: {'skipped (done)' if row['skipped'] else f'{seconds:.0f} s'}: "
               + ", ".join(f"{m}={test[m]:.3f}" for m in METRICS if isinstance(test.get(m), float)), flush=True)
-        results["runs"].append(row)
+        done[key] = row
+        results["runs"] = [done[k] for k in plan if k in done]  # plan order, whatever finished first
         results["table"] = aggregate(results["runs"], args.variants)
         results["wall_time_s"] = round(time.perf_counter() - t0, 1)
-        results["complete"] = i + 1 == len(plan)
+        results["complete"] = len(done) == len(plan)
         write_json(args.out, results)
+
+    if args.jobs <= 1:
+        for i, key in enumerate(plan):
+            print(f"[{utc_now()}] run {i + 1}/{len(plan)}: {key[0]} seed {key[1]} -> {cfgs[key]['out']}", flush=True)
+            ts = time.perf_counter()
+            record(key, run_one(cfgs[key], args.threads), time.perf_counter() - ts)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            starts, futures = {}, {}
+            # Longest first (relative step cost), so the processes finish together.
+            for key in sorted(plan, key=lambda k: -COST.get(k[0], 1.0)):
+                futures[pool.submit(run_one, cfgs[key], args.threads)] = key
+            print(f"[{utc_now()}] {len(plan)} runs queued on {args.jobs} processes", flush=True)
+            for fut in cf.as_completed(futures):
+                key = futures[fut]
+                row = fut.result()
+                record(key, row, row.get("train_wall_s") or 0.0)
     results["finished"] = utc_now()
     write_json(args.out, results)
     from fgnb.results import ablation_table
