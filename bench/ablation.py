@@ -53,8 +53,8 @@ METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area
 CPU_BASE = dict(
     dataset="synthetic", synthetic_classes=10, synthetic_train_per_class=100, synthetic_test_per_class=40,
     synthetic_difficulty=0.5, model="vit_tiny_patch16_224", img_size=64, patch_size=8, depth=6,
-    embed_dim=96, num_heads=3, epochs=3, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05,
-    warmup_epochs=0.5, device="cpu", progress=False,
+    embed_dim=96, num_heads=3, epochs=3, limit_batches=10, batch_size=32, optimizer="adamw", lr=1e-3,
+    weight_decay=0.05, warmup_epochs=0.5, device="cpu", progress=False,
 )
 TINY = dict(epochs=1, limit_batches=1, batch_size=8, synthetic_classes=3, synthetic_train_per_class=6,
             synthetic_test_per_class=2, synthetic_difficulty=0.5, val_fraction=0.3)

@@ -222,7 +222,7 @@ def _same_value(want, fmt, shown: str) -> bool:
 
 
 def check_page(ctx, path: pathlib.Path, root: pathlib.Path, colab: str | None = None,
-               screenshot: pathlib.Path | None = None) -> PageReport:
+               screenshot: pathlib.Path | None = None, timeout_ms: int = TIMEOUT_MS) -> PageReport:
     """Open one built page (file://, network blocked) and list what is wrong with it."""
     t0 = time.perf_counter()
     problems: list[str] = []
@@ -264,14 +264,14 @@ def check_page(ctx, path: pathlib.Path, root: pathlib.Path, colab: str | None = 
             try:
                 page.wait_for_function("() => window.MathJax && typeof window.MathJax.typesetPromise === 'function'"
                                        " && window.MathJax.startup && window.MathJax.startup.document",
-                                       timeout=TIMEOUT_MS)
+                                       timeout=timeout_ms)
                 page.evaluate("() => window.MathJax.startup.promise")
             except Exception as e:  # noqa: BLE001
                 problems.append(f"MathJax did not start: {type(e).__name__}: {str(e).splitlines()[0]}")
         n_views = page.locator(f"script[type='{WIDGET_VIEW}']").count()
         if n_views:
             try:
-                page.wait_for_function(_JS_WIDGETS_RENDERED, timeout=TIMEOUT_MS)
+                page.wait_for_function(_JS_WIDGETS_RENDERED, timeout=timeout_ms)
             except Exception:  # noqa: BLE001
                 problems.append(f"widgets not rendered: {n_views} widget views on the page, not all rendered")
             page.wait_for_timeout(300)  # the widget manager typesets labels asynchronously
@@ -352,7 +352,8 @@ def test_page_in_browser(built_book, book_context, entry):
 
 
 def test_page_check_catches_a_broken_page(built_book, book_context, tmp_path):
-    """The checker is not vacuous: break a copy of a page five ways, all five are reported."""
+    """The checker is not vacuous: break a copy of a page six ways, all six are reported;
+    then break the widget bundle, and a page with saved widgets must fail too."""
     html = tmp_path / "html"
     shutil.copytree(built_book.html, html)
     page = html / "book" / "notation.html"
@@ -377,6 +378,14 @@ def test_page_check_catches_a_broken_page(built_book, book_context, tmp_path):
     # and the untouched page passes
     clean = check_page(book_context, built_book.html / "book" / "notation.html", built_book.html)
     assert not clean.problems, clean.problems
+
+    # widgets: with an empty embed-amd.js the saved widgets cannot render
+    widget_pages = [p for p in sorted(html.glob("notebooks/*.html")) if WIDGET_STATE in p.read_text(encoding="utf-8")]
+    if widget_pages:
+        (html / "_static" / "embed-amd.js").write_text("/* broken on purpose */\n")
+        rep = check_page(book_context, widget_pages[0], html, timeout_ms=5000)
+        print(f"[self-test] {widget_pages[0].name} without the widget bundle:\n  " + "\n  ".join(rep.problems))
+        assert any("widgets not rendered" in p for p in rep.problems), rep.problems
 
 
 # ------------------------------------------------------------------ a live explorer
@@ -440,8 +449,13 @@ def test_live_explorer_in_a_kernel(chromium, tmp_path):
         pytest.skip(f"fgnb.widgets not importable yet: {e}")
     if not hasattr(W, "ThresholdExplorer"):
         pytest.skip("fgnb.widgets has no ThresholdExplorer")
-    if shutil.which("voila") is None and subprocess.run([sys.executable, "-c", "import voila"]).returncode:
-        pytest.skip("voila is not installed (requirements.txt)")
+    try:
+        import voila  # noqa: F401
+    except ImportError:
+        msg = "voila is not installed (it is in requirements.txt)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true: {msg}", pytrace=False)
+        pytest.skip(msg)
     import nbformat
 
     nb = nbformat.v4.new_notebook()
