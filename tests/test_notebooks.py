@@ -28,10 +28,10 @@ def test_committed_outputs_are_fresh(nb_path):
     if is_placeholder(nb):
         pytest.skip(f"{nb_path.name} is a placeholder (nothing to execute)")
     stamp = (nb.get("metadata", {}).get("fgnb") or {}).get("source_hash")
-    assert fgnb.book.is_fresh(nb_path), (
-        f"{_rel(nb_path)}: committed outputs are stale (stamped {stamp}, source is "
-        f"{fgnb.book.source_hash(nb)}). Re-run it and commit the result:\n"
-        f"    python -m fgnb.book execute {_rel(nb_path)}")
+    if not fgnb.book.is_fresh(nb_path):
+        pytest.fail(f"{_rel(nb_path)}: committed outputs are stale (stamped {stamp}, source is "
+                    f"{fgnb.book.source_hash(nb)}). Re-run it and commit the result:\n"
+                    f"    python -m fgnb.book execute {_rel(nb_path)}", pytrace=False)
 
 
 @pytest.mark.parametrize("nb_path", CHAPTERS, ids=lambda p: p.stem)
@@ -48,9 +48,13 @@ def test_committed_outputs_complete(nb_path):
         errors += [f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
                    for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     fix = f"python -m fgnb.book execute {_rel(nb_path)}"
-    assert not errors, f"{_rel(nb_path)} has error outputs ({fix}):\n" + "\n".join(errors)
-    assert None not in counts, f"{_rel(nb_path)}: some code cells were never executed ({fix})"
-    assert counts == sorted(counts), f"{_rel(nb_path)}: cells executed out of order {counts} ({fix})"
+    if errors:
+        pytest.fail(f"{_rel(nb_path)} has error outputs; fix and run `{fix}`:\n" + "\n".join(errors), pytrace=False)
+    if None in counts:
+        pytest.fail(f"{_rel(nb_path)}: {counts.count(None)} of {len(counts)} code cells were never executed; run `{fix}`",
+                    pytrace=False)
+    if counts != sorted(counts):
+        pytest.fail(f"{_rel(nb_path)}: cells executed out of order {counts}; run `{fix}`", pytrace=False)
 
 
 # ------------------------------------------------------------ non-default parameters
