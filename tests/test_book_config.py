@@ -6,36 +6,14 @@ import json
 import pathlib
 
 import pytest
-import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
-TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+from conftest import CONFIG, ROOT, TOC, TOC_ENTRIES as TOC_FILES, resolve as _resolve  # noqa: E402
+
 SPHINX = (CONFIG.get("sphinx") or {}).get("config") or {}
 REPO_URL = "https://github.com/fgnb-book/fgnb"
 
 
-def _toc_files(node) -> list[str]:
-    out = []
-    if isinstance(node, dict):
-        for key in ("root", "file"):
-            if key in node:
-                out.append(node[key])
-        for key in ("parts", "chapters", "sections"):
-            for child in node.get(key, []) or []:
-                out.extend(_toc_files(child))
-    return out
-
-
-def _resolve(entry: str) -> pathlib.Path | None:
-    for suffix in ("", ".md", ".ipynb", ".rst"):
-        p = ROOT / f"{entry}{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
-TOC_FILES = _toc_files(TOC)
 NOTEBOOKS = [p for p in (_resolve(e) for e in TOC_FILES) if p is not None and p.suffix == ".ipynb"]
 
 
