@@ -71,4 +71,5 @@ def write_json(path, data) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1, default=str)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600
     os.replace(tmp, path)

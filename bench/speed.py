@@ -337,6 +337,18 @@ def pil_crop_loop(attn_np, images_pil, grid, patch, size):
     return out
 
 
+def peaked_attention(batch, heads, gh, gw, device):
+    """(B, H, K) CLS attention with one blob per image (as a trained model's), so the mean
+    threshold marks a part of the image rather than nearly all of it (as uniform noise would)."""
+    g = torch.Generator().manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
+    cy, cx = torch.rand(batch, 1, 1, generator=g) * gh, torch.rand(batch, 1, 1, generator=g) * gw
+    sigma = max(gh, gw) / 6
+    bump = 4 * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma ** 2))  # (B, gh, gw)
+    logits = bump.reshape(batch, 1, -1) + 0.5 * torch.randn(batch, heads, gh * gw, generator=g)
+    return logits.softmax(-1).to(device)
+
+
 def _to_pil(images):
     from PIL import Image
     u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -355,7 +367,7 @@ def bench_crop(a, device, rows, res, step_timing):
         torch.manual_seed(0)
         gh = gw = img // patch
         images = torch.rand(batch, 3, img, img, device=device)
-        attn = torch.rand(batch, heads, gh * gw, device=device).softmax(-1)
+        attn = peaked_attention(batch, heads, gh, gw, device)
 
         def batched():
             m = mean_threshold(head_product(attn))
@@ -386,7 +398,8 @@ def bench_crop(a, device, rows, res, step_timing):
             b = (cc.min() * patch, rr.min() * patch, (cc.max() + 1) * patch, (rr.max() + 1) * patch) if len(rr) else (0, 0, img, img)
             same += tuple(int(v) for v in mb[i].tolist()) == b
         key = f"{name}: {batch}x{img}px, patch {patch}, {heads} heads"
-        entry = {"timing": r, "boxes_equal": f"{same}/{batch}",
+        area = ((mb[:, 2] - mb[:, 0]) * (mb[:, 3] - mb[:, 1])).mean().item() / img ** 2
+        entry = {"timing": r, "boxes_equal": f"{same}/{batch}", "mean_box_area": area,
                  "speedup_vs_loop_with_conversion": r["pil_loop_with_conversion"]["ratio"],
                  "speedup_vs_loop_pil_only": r["pil_loop_pil_only"]["ratio"]}
         if name == "train-config" and step_timing is not None:

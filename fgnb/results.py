@@ -15,8 +15,9 @@ from ``bench/ablation.py``, ``'speed'`` from ``bench/speed.py``, ``'published'``
 ``ablation_table(results, metrics=..., markdown=False, percent=True)``: one row per variant
 in the study's order, ``{'variant', 'n_seeds', '<metric>': 'mean ± std', '<metric>_mean',
 '<metric>_std'}`` for every metric of ``ABLATION_METRICS`` (test top-1 of the three
-inference modes ``last``/``mean``/``crop``, ``iou50`` and ``part_hit`` of the attention
-box). Means and sample standard deviations over seeds, in percent by default.
+inference modes ``last``/``mean``/``crop``; ``iou50`` and ``part_hit`` of the attention
+box, and ``box_area``, its mean share of the image: a box as large as the image hits the
+part trivially). Means and sample standard deviations over seeds, in percent by default.
 
 ``speed_table(results, markdown=False)``: one row per measured item, ``{'section',
 'item', 'ratio', 'ideal', 'ratio/ideal', 'value', 'unit'}``: training step cost and peak
@@ -32,7 +33,7 @@ from typing import Any, Sequence
 
 __all__ = ["load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown"]
 
-ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit")
+ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 KINDS = ("ablation", "speed", "published")
 
 
@@ -52,6 +53,13 @@ def _fmt(x, digits: int) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x:.{digits}f}"
+
+
+def _sig(x, sig: int) -> str:
+    """Significant digits, so small shares (0.0016) do not print as 0.00."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{sig}g}" if abs(x) < 1 else f"{x:.2f}"
 
 
 def to_markdown(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
@@ -98,6 +106,6 @@ def speed_table(results: dict, markdown: bool = False, digits: int = 2):
             "value": r.get("value"), "unit": r.get("unit", ""),
         })
     if markdown:
-        shown = [{k: (_fmt(v, digits) if isinstance(v, float) or v is None else v) for k, v in r.items()} for r in rows]
+        shown = [{k: (_sig(v, digits + 1) if isinstance(v, float) or v is None else v) for k, v in r.items()} for r in rows]
         return to_markdown(shown, ["section", "item", "ratio", "ideal", "ratio/ideal", "value", "unit"])
     return rows
