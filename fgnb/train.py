@@ -58,7 +58,8 @@ def select_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA if present, else Apple's MPS, else the CPU."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank() if dist.is_distributed() else 0)
+            # LOCAL_RANK (set by torchrun, 0 otherwise): one GPU per process.
+            return torch.device("cuda", dist.local_rank())
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
