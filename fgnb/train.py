@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 import yaml
@@ -93,6 +94,23 @@ def build_model(cfg: TrainConfig, num_classes: int) -> FGViT:
         cfg.model, num_classes=num_classes, targets=targets, pretrained=cfg.pretrained, weights=cfg.weights,
         img_size=cfg.img_size, head_hidden=cfg.head_hidden, **kwargs,
     )
+
+
+def normalisation(model_name: str) -> tuple[tuple, tuple]:
+    """(mean, std) the named timm weights were trained with (their pretrained_cfg).
+
+    Read from timm's registry, so the data can be built before the model (which needs
+    the data's class count).
+    """
+    from .model import _check_model_name
+
+    _check_model_name(model_name)
+    pc = timm.models.get_pretrained_cfg(model_name)
+    if pc is None:
+        pc = timm.models.get_pretrained_cfg(model_name.split(".")[0])
+    mean = tuple(pc.mean) if pc is not None else timm.data.IMAGENET_DEFAULT_MEAN
+    std = tuple(pc.std) if pc is not None else timm.data.IMAGENET_DEFAULT_STD
+    return mean, std
 
 
 def _synthetic_params(cfg: TrainConfig) -> dict:
@@ -364,9 +382,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     _seed_everything(cfg.seed)
 
     # Data and model. The normalisation is the one the chosen timm weights expect.
-    probe = build_model(cfg.replace(pretrained=False, weights=None), num_classes=1)
-    mean, std = probe.data_config()["mean"], probe.data_config()["std"]
-    del probe
+    mean, std = normalisation(cfg.model)
     data = build_data(cfg, mean, std)
     num_classes = data["train"].num_classes
     _seed_everything(cfg.seed)

@@ -141,3 +141,14 @@ def test_checkpoint_class_mismatch_is_explained(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt is not a readable fgnb checkpoint"):
         load_model(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "vit_base_patch16_224.orig_in21k"])
+def test_normalisation_is_the_weights_own(name):
+    from fgnb.model import create_model
+    from fgnb.train import normalisation
+
+    dc = create_model(name, num_classes=2, img_size=32, patch_size=8, depth=1, targets=1).data_config()
+    assert normalisation(name) == (tuple(dc["mean"]), tuple(dc["std"]))
+    with pytest.raises(ValueError, match="unknown timm model name"):
+        normalisation("vit_tinyy")
