@@ -7,7 +7,6 @@ import pathlib
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -65,11 +64,11 @@ def utc_now() -> str:
 
 def write_json(path, data) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a results file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600
-    os.replace(tmp, path)
+    from fgnb.train import atomic_write
+
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+            f.write("\n")
+
+    atomic_write(path, dump)

@@ -89,6 +89,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> "TrainConfig":
+        # YAML 1.1 (files and flags) reads "1e-3" as a string: numeric options take it as a number.
         for f in fields(self):
             v, kind = getattr(self, f.name), str(f.type)
             if isinstance(v, str) and ("float" in kind or "int" in kind) and "str" not in kind:
@@ -157,14 +158,6 @@ def _parse_value(text: str, default, name: str):
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise argparse.ArgumentTypeError(f"--{name}: cannot read {text!r}: {e}")
-    if isinstance(value, str):
-        # YAML 1.1 reads "1e-3" as a string; numbers are never valid string options.
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
     if isinstance(default, bool) and not isinstance(value, bool):
         raise argparse.ArgumentTypeError(f"--{name} takes true or false, got {text!r}")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):

@@ -44,6 +44,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
+    "atomic_write",
     "box_iou",
     "INFERENCE_MODES",
 ]
@@ -214,11 +215,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temp file in the same folder, then rename it to ``path``: a crash
+    never leaves half a file, and the old file stays until the new one is complete."""
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions of a new file
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -229,7 +235,7 @@ def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    _atomic_write(pathlib.Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(pathlib.Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -335,7 +341,7 @@ def _crop_source(batch, x, boxes, cfg: TrainConfig, device):
 # ----------------------------------------------------------------------------- the run
 def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
     """metrics.jsonl and metrics.csv, rewritten atomically from the whole history."""
-    _atomic_write(out / "metrics.jsonl", lambda tmp: pathlib.Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)))
+    atomic_write(out / "metrics.jsonl", lambda tmp: pathlib.Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)))
     keys: list[str] = []
     for h in history:
         keys += [k for k in h if k not in keys]
@@ -346,7 +352,7 @@ def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
             w.writeheader()
             w.writerows(history)
 
-    _atomic_write(out / "metrics.csv", write_csv)
+    atomic_write(out / "metrics.csv", write_csv)
 
 
 def _check_resume(cfg: TrainConfig, saved: dict, path) -> None:
@@ -418,7 +424,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+        atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
 
     show = cfg.progress and main
     for epoch in tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not show, initial=start_epoch, total=cfg.epochs):
@@ -492,5 +498,5 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     test = evaluate(model, eval_sets["test"], cfg, device)
     test["best_epoch"] = best_epoch
     if main:
-        _atomic_write(out / "test_metrics.json", lambda tmp: pathlib.Path(tmp).write_text(json.dumps(test, indent=2)))
+        atomic_write(out / "test_metrics.json", lambda tmp: pathlib.Path(tmp).write_text(json.dumps(test, indent=2)))
     return {"history": history, "test": test, "out": str(out), "best_epoch": best_epoch, "interrupted": False}
