@@ -4,6 +4,7 @@
     python -m fgnb train --config configs/cub_vitb16_448.yaml --data-root CUB_200_2011
     python -m fgnb evaluate runs/default/best.pt
     python -m fgnb predict runs/default/best.pt bird.jpg --top-k 5
+    python -m fgnb export runs/default/best.pt backbone.safetensors   # timm weights
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--out-dir", default=None, help="where the overlay PNGs go (default: next to the checkpoint)")
     pr.add_argument("--device", default="auto")
+    ex = sub.add_parser("export", help="write a checkpoint's backbone as timm .safetensors weights (loadable with weights=)")
+    ex.add_argument("checkpoint")
+    ex.add_argument("out", help="the .safetensors file to write")
     return p
 
 
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(res["test"], indent=2))
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "export":
+            from .pretrained import export_checkpoint
+
+            print(export_checkpoint(args.checkpoint, args.out))
         else:
             _predict(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, OSError, FloatingPointError) as e:

@@ -22,6 +22,12 @@ class ConfigError(ValueError):
     """An option has a value outside its valid choices."""
 
 
+#: ``weights`` alias of the backbone that ships with fgnb (see :mod:`fgnb.pretrained`)
+SYNTHETIC = "fgnb:synthetic"
+#: the architecture options that backbone needs
+SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embed_dim=96, num_heads=3)
+
+
 def opt(default, help: str, choices: tuple | None = None):
     meta = {"help": help}
     if choices is not None:
@@ -43,15 +49,20 @@ class TrainConfig:
     synthetic_train_per_class: int | None = opt(None, "synthetic dataset: train images per class (default: the generator's)")
     synthetic_test_per_class: int | None = opt(None, "synthetic dataset: test images per class (default: the generator's)")
     synthetic_difficulty: float | None = opt(None, "synthetic dataset: clutter/noise level, smaller is easier (default: the generator's)")
+    synthetic_first_class: int | None = opt(None, "synthetic dataset: first of the 30 species in the set, from 0 (default: 0)")
     # model
-    model: str = opt("vit_tiny_patch16_224", "timm ViT name")
+    # The defaults are the CPU profile: timm's hybrid ViT (ResNet stem of stride 4, then 2 x 2
+    # patches: 8 x 8 tokens of 8 x 8 pixels at 64 px), small, pre-trained on other species.
+    model: str = opt("vit_tiny_r_s16_p8_224", "timm ViT name")
     img_size: int = opt(64, "model input size in pixels (multiple of the patch size)")
-    patch_size: int | None = opt(8, "patch size (None: the model's own; must be None with pretrained weights)")
+    patch_size: int | None = opt(2, "patch size of the patch embedding (None: the model's own); a hybrid ViT patchifies its stem's feature map")
     depth: int | None = opt(6, "number of blocks (None: the model's own)")
-    embed_dim: int | None = opt(None, "token width D (None: the model's own)")
-    num_heads: int | None = opt(None, "attention heads H (None: the model's own)")
+    embed_dim: int | None = opt(96, "token width D (None: the model's own)")
+    num_heads: int | None = opt(3, "attention heads H (None: the model's own)")
     pretrained: bool = opt(False, "load the model's pretrained weights through timm (network)")
-    weights: str | None = opt(None, "local timm checkpoint (.pth/.safetensors) to start from, offline")
+    weights: str | None = opt(SYNTHETIC, f"local timm checkpoint (.pth/.safetensors) to start from, offline; {SYNTHETIC!r}: the "
+                                         "shipped backbone pre-trained on other synthetic species (fits the default model only); "
+                                         "None: from scratch")
     targets: int | list = opt(3, "target layers: a count from the end, or a list of block indices")
     head_hidden: int | None = opt(None, "hidden width of each MLP head (default: embed dim)")
     # method
@@ -115,6 +126,17 @@ class TrainConfig:
                 f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}: "
                 f"use a multiple of {self.patch_size}, e.g. {self.img_size // self.patch_size * self.patch_size or self.patch_size}"
             )
+        if self.pretrained and self.weights is not None:
+            raise ConfigError(f"pretrained=True downloads {self.model}'s own weights and weights={self.weights!r} "
+                              "loads a file: choose one (set weights to None to download)")
+        if self.weights == SYNTHETIC:
+            wrong = {k: getattr(self, k) for k, v in SYNTHETIC_ARCH.items() if getattr(self, k) != v}
+            if wrong:
+                arch = ", ".join(f"{k}={v!r}" for k, v in SYNTHETIC_ARCH.items())
+                raise ConfigError(
+                    f"weights={SYNTHETIC!r} is the pre-trained backbone of {arch}, but this config has "
+                    + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+                    + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
         if self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be > 0, got {self.threshold_scale}")
         if self.crop_attention == "rollout" and not self.crop and self.select_by != "crop":

@@ -123,7 +123,8 @@ class FGViT(nn.Module):
 
     @property
     def patch_size(self) -> tuple[int, int]:
-        return tuple(self.vit.patch_embed.patch_size)
+        """Input pixels per token: the patch size, times the stem's stride in a hybrid ViT."""
+        return tuple(self.vit.patch_embed.feat_ratio(as_scalar=False))
 
     @property
     def img_size(self) -> tuple[int, int]:

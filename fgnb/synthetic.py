@@ -43,7 +43,7 @@ GENERATOR_VERSION = 3
 
 #: Provisional defaults; see the calibration record in ``book/dataset.md``.
 DEFAULTS = dict(num_classes=10, train_per_class=100, test_per_class=40, size=256,
-                seed=0, difficulty=0.5)
+                seed=0, difficulty=0.5, first_class=0)
 
 # --- class definitions (fixed, independent of the data seed) ----------------
 RING_COLOURS = {  # eye-ring colour
@@ -65,12 +65,16 @@ CLASS_SPECS = class_specs()
 MAX_CLASSES = len(CLASS_SPECS)
 
 
-def class_names(num_classes: int) -> list[str]:
-    """CUB-style directory names ``NNN.Ring_Beak_Crest`` for the first classes."""
-    if not 1 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
+def class_names(num_classes: int, first_class: int = 0) -> list[str]:
+    """CUB-style directory names ``NNN.Ring_Beak_Crest`` of ``num_classes`` species
+    starting at species ``first_class`` (numbered from 001 within the set)."""
+    if not 0 <= first_class < MAX_CLASSES:
+        raise ValueError(f"first_class must be in 0..{MAX_CLASSES - 1}, got {first_class}")
+    if not 1 <= num_classes <= MAX_CLASSES - first_class:
+        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES - first_class} "
+                         f"(there are {MAX_CLASSES} species; first_class={first_class}), got {num_classes}")
     return [f"{i + 1:03d}.{r}ringed_{b}billed_{c}" for i, (r, b, c)
-            in enumerate(CLASS_SPECS[:num_classes])]
+            in enumerate(CLASS_SPECS[first_class:first_class + num_classes])]
 
 
 # --- geometry helpers --------------------------------------------------------
@@ -257,10 +261,13 @@ def render(class_index: int, seed, size: int = 256, difficulty: float = 1.0):
 
 
 # --- writing the CUB layout --------------------------------------------------
-def _params(num_classes, train_per_class, test_per_class, size, seed, difficulty):
-    return dict(version=GENERATOR_VERSION, num_classes=int(num_classes),
-                train_per_class=int(train_per_class), test_per_class=int(test_per_class),
-                size=int(size), seed=int(seed), difficulty=float(difficulty))
+def _params(num_classes, train_per_class, test_per_class, size, seed, difficulty, first_class=0):
+    p = dict(version=GENERATOR_VERSION, num_classes=int(num_classes),
+             train_per_class=int(train_per_class), test_per_class=int(test_per_class),
+             size=int(size), seed=int(seed), difficulty=float(difficulty))
+    if first_class:  # only when set, so the default sets keep their cache keys
+        p["first_class"] = int(first_class)
+    return p
 
 
 def _is_complete(root: pathlib.Path) -> dict | None:
@@ -278,6 +285,7 @@ def generate(root, num_classes: int = DEFAULTS["num_classes"],
              test_per_class: int = DEFAULTS["test_per_class"],
              size: int = DEFAULTS["size"], seed: int = DEFAULTS["seed"],
              difficulty: float = DEFAULTS["difficulty"],
+             first_class: int = DEFAULTS["first_class"],
              overwrite: bool = False) -> pathlib.Path:
     """Write the synthetic set to ``root`` in CUB-200-2011 layout; return ``root``.
 
@@ -286,11 +294,14 @@ def generate(root, num_classes: int = DEFAULTS["num_classes"],
     is never left at ``root``. If ``root`` already holds a complete set with
     the same parameters it is returned as is (cache); with other parameters
     (or an unknown folder) a ``FileExistsError`` is raised unless
-    ``overwrite=True``. Chapter 1 explains the data.
+    ``overwrite=True``. ``first_class`` picks which of the 30 species the set holds
+    (species ``first_class`` .. ``first_class + num_classes - 1``): the CPU profile's
+    pre-trained weights come from species 11-30, the default set is species 1-10.
+    Chapter 1 explains the data.
     """
     root = pathlib.Path(root).expanduser()
-    params = _params(num_classes, train_per_class, test_per_class, size, seed, difficulty)
-    class_names(num_classes)  # validates num_classes
+    params = _params(num_classes, train_per_class, test_per_class, size, seed, difficulty, first_class)
+    class_names(num_classes, first_class)  # validates both
     if root.exists():
         have = _is_complete(root)
         if have == params:
@@ -319,7 +330,8 @@ def generate(root, num_classes: int = DEFAULTS["num_classes"],
 
 
 def _write(out: pathlib.Path, p: dict) -> None:
-    names = class_names(p["num_classes"])
+    first = p.get("first_class", 0)
+    names = class_names(p["num_classes"], first)
     images, labels, split, bboxes, pboxes = [], [], [], [], []
     img_id = 0
     for c, cname in enumerate(names):
@@ -327,7 +339,7 @@ def _write(out: pathlib.Path, p: dict) -> None:
         n_tr, n_te = p["train_per_class"], p["test_per_class"]
         for j in range(n_tr + n_te):
             img_id += 1
-            img, ob, pb = render(c, (p["seed"], c, j), p["size"], p["difficulty"])
+            img, ob, pb = render(first + c, (p["seed"], first + c, j), p["size"], p["difficulty"])
             rel = f"{cname}/{cname.split('.', 1)[1]}_{j + 1:04d}.jpg"
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=92)
@@ -348,7 +360,7 @@ def _write(out: pathlib.Path, p: dict) -> None:
     w("part_boxes.txt", pboxes)
     w("classes.txt", [f"{i + 1} {n}" for i, n in enumerate(names)])
     specs = {n: dict(zip(("eye_ring", "beak", "crest"), s))
-             for n, s in zip(names, CLASS_SPECS)}
+             for n, s in zip(names, CLASS_SPECS[first:])}
     w("README.txt", [
         "fgnb synthetic fine-grained set (stylised birds), CUB-200-2011 layout.",
         "Classes differ only in the head: eye-ring colour, beak shape, crest.",

@@ -28,7 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .config import ConfigError, TrainConfig
+from .config import SYNTHETIC, ConfigError, TrainConfig
 from .crop import attention_boxes, crop_and_resize, crop_attention_layers, scale_boxes
 from .data import build_dataset
 from .model import FGViT, create_model
@@ -91,8 +91,13 @@ def build_model(cfg: TrainConfig, num_classes: int) -> FGViT:
         if getattr(cfg, name) is not None:
             kwargs[name] = getattr(cfg, name)
     targets = cfg.targets if isinstance(cfg.targets, int) else list(cfg.targets)
+    weights = cfg.weights
+    if weights == SYNTHETIC:
+        from .pretrained import synthetic_weights
+
+        weights = synthetic_weights()
     return create_model(
-        cfg.model, num_classes=num_classes, targets=targets, pretrained=cfg.pretrained, weights=cfg.weights,
+        cfg.model, num_classes=num_classes, targets=targets, pretrained=cfg.pretrained, weights=weights,
         img_size=cfg.img_size, head_hidden=cfg.head_hidden, **kwargs,
     )
 
@@ -120,6 +125,7 @@ def _synthetic_params(cfg: TrainConfig) -> dict:
         "train_per_class": cfg.synthetic_train_per_class,
         "test_per_class": cfg.synthetic_test_per_class,
         "difficulty": cfg.synthetic_difficulty,
+        "first_class": cfg.synthetic_first_class,
     }
     return {k: v for k, v in named.items() if v is not None}
 
@@ -224,9 +230,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions of a new file
     try:
         write(tmp)
+        # mkstemp makes 0600 (and some writers replace the file): give the usual permissions of a new file
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -9,7 +9,8 @@ import torch
 
 from fgnb.train import load_checkpoint
 
-OPTS = ["--synthetic-classes", "3", "--synthetic-train-per-class", "8", "--synthetic-test-per-class", "4",
+OPTS = ["--model", "vit_tiny_patch16_224", "--weights", "none",
+        "--synthetic-classes", "3", "--synthetic-train-per-class", "8", "--synthetic-test-per-class", "4",
         "--img-size", "16", "--patch-size", "8", "--depth", "3", "--embed-dim", "48", "--num-heads", "3",
         "--batch-size", "6", "--epochs", "2", "--warmup-epochs", "0.5", "--progress", "false", "--val-fraction", "0.25"]
 

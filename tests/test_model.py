@@ -59,6 +59,24 @@ def test_cls_attention_equals_explicit_softmax_row(img):
         torch.testing.assert_close(out.attn[i], rows[i], atol=1e-5, rtol=0)
 
 
+def test_hybrid_vit_tokens_and_cls_attention():
+    """timm's R+ViT hybrid (ResNet stem, then patches of its feature map), as in the CPU
+    profile: a token covers stem stride x patch size input pixels, and the CLS attention
+    still equals the explicit softmax row."""
+    kw = dict(img_size=32, patch_size=2, depth=3, embed_dim=48, num_heads=3)
+    torch.manual_seed(0)
+    m = create_model("vit_tiny_r_s16_p8_224", num_classes=4, **kw).eval()
+    assert m.patch_size == (8, 8) and m.grid(32, 32) == (4, 4)
+    x = torch.randn(2, 3, 32, 32)
+    out = m(x, attn_layers="all")
+    assert out.grid == (4, 4)
+    torch.testing.assert_close(out.cls[-1], m.vit.forward_features(x)[:, 0], atol=1e-5, rtol=0)
+    rows = explicit_cls_rows(m.vit, x)
+    for i in range(3):
+        assert out.attn[i].shape == (2, 3, 16)
+        torch.testing.assert_close(out.attn[i], rows[i], atol=1e-5, rtol=0)
+
+
 def test_cls_attention_with_qk_norm_and_dynamic_size():
     torch.manual_seed(1)
     m = create_model("vit_tiny_patch16_224", num_classes=3, qk_norm=True, dynamic_img_size=True, **SMALL).eval()

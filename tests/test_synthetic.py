@@ -1,5 +1,6 @@
 """The synthetic fine-grained set: layout, determinism, boxes, class signal."""
 import hashlib
+import io
 import json
 import pathlib
 
@@ -163,3 +164,24 @@ def test_bad_num_classes(tmp_path):
         generate(tmp_path / "x", num_classes=0)
     with pytest.raises(ValueError):
         generate(tmp_path / "x", num_classes=synthetic.MAX_CLASSES + 1)
+
+
+def test_first_class_picks_other_species(tmp_path):
+    """A set of species 11-12 (the pre-training species) holds exactly their renders and
+    none of the default set's; the default sets keep their cache keys."""
+    root = generate(tmp_path / "later", num_classes=2, train_per_class=2, test_per_class=1, first_class=10)
+    names = [ln.split(" ", 1)[1] for ln in (root / "classes.txt").read_text().splitlines()]
+    assert names == synthetic.class_names(2, first_class=10)
+    r, b, c = synthetic.CLASS_SPECS[10]
+    assert names[0] == f"001.{r}ringed_{b}billed_{c}"
+    first = sorted((root / "images" / names[0]).iterdir())[0]
+    img, _, _ = synthetic.render(10, (synthetic.DEFAULTS["seed"], 10, 0), synthetic.DEFAULTS["size"],
+                                 synthetic.DEFAULTS["difficulty"])
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)  # as the writer does
+    assert first.read_bytes() == buf.getvalue()
+    assert "first_class" not in synthetic._params(**{k: v for k, v in synthetic.DEFAULTS.items()})
+    with pytest.raises(ValueError, match="first_class"):
+        generate(tmp_path / "bad", num_classes=2, first_class=30)
+    with pytest.raises(ValueError, match="1..2"):
+        generate(tmp_path / "bad", num_classes=3, first_class=28)

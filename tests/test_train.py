@@ -8,7 +8,8 @@ from fgnb.cli import main as cli
 from fgnb.config import ConfigError, TrainConfig, load_config
 from fgnb.train import load_checkpoint, load_model, train, warmup_cosine
 
-TINY = dict(synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
+TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,  # from scratch, small
+            synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
             depth=3, batch_size=6, epochs=2, warmup_epochs=0.5, progress=False, val_fraction=0.25)
 
 
