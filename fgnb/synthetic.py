@@ -41,7 +41,7 @@ __all__ = [
 
 GENERATOR_VERSION = 3
 
-#: Provisional defaults; see the calibration record in ``book/dataset.md``.
+#: Defaults of the calibrated CPU set-up (species 1-10); the record is ``book/dataset.md``.
 DEFAULTS = dict(num_classes=10, train_per_class=100, test_per_class=40, size=256,
                 seed=0, difficulty=0.5, first_class=0)
 
