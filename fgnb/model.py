@@ -283,6 +283,12 @@ def create_model(
         kwargs["pretrained_cfg_overlay"] = dict(file=path)
     try:
         backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except AssertionError as e:  # timm's shape checks, e.g. a hybrid stem's map not divisible by the patch
+        shown = {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+        raise ValueError(
+            f"timm could not build {name} with {shown}: the image size must give a whole number of patches "
+            f"(a hybrid ViT divides it by its stem's stride first: vit_*_r_s16_p8_* with patch_size=2 needs a "
+            f"multiple of 8){': ' + str(e) if str(e) else ''}") from e
     except RuntimeError as e:
         src = f"weights file {weights}" if weights is not None else f"pretrained weights of {name}"
         raise ValueError(f"could not load {src} into {name} with {kwargs}: {e}") from e

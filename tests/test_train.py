@@ -89,7 +89,14 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="strategy='sum' is not valid: choose one of last, summed, progressive"):
         TrainConfig(strategy="sum")
     with pytest.raises(ConfigError, match="img_size=60 is not divisible by patch_size=8"):
-        TrainConfig(img_size=60)
+        TrainConfig(img_size=60, patch_size=8, weights=None)
+    with pytest.raises(ConfigError, match="weights='fgnb:synthetic' is the pre-trained backbone of .* depth=12"):
+        TrainConfig(depth=12)
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainConfig(pretrained=True)
+    from fgnb.train import build_model
+    with pytest.raises(ValueError, match="multiple of 8"):  # the default hybrid: stem stride 4 x patch 2
+        build_model(TrainConfig(img_size=60, weights=None), 3)
     with pytest.raises(ConfigError, match="unknown option"):
         TrainConfig().replace(learning_rate=1)
     assert warmup_cosine(0, 100, 10) == pytest.approx(0.1) and warmup_cosine(100, 100, 10) == pytest.approx(0.0)
