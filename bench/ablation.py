@@ -95,6 +95,21 @@ def base_config(args):
     return cfg.replace(**changes).validate()
 
 
+def _check_same_run(out: pathlib.Path, cfg_dict: dict) -> None:
+    """A finished run is reused only if it was made with the requested options."""
+    import yaml
+    saved_path = out / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{out} has test metrics but no readable config.yaml; remove it or use another --runs-dir")
+    ignore = {"out", "resume", "progress"}
+    diff = {k: (saved.get(k), v) for k, v in cfg_dict.items() if k not in ignore and saved.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} there, {b!r} requested" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"{out} holds a finished run with other options ({shown}); "
+                         "use another --runs-dir (or remove that folder) instead of mixing runs")
+
+
 def run_one(cfg_dict: dict, threads: int | None) -> dict:
     """Train one run (resuming or skipping it as its folder says); returns its row."""
     import torch
@@ -106,6 +121,7 @@ def run_one(cfg_dict: dict, threads: int | None) -> dict:
     out = pathlib.Path(cfg_dict["out"])
     test_path, info_path = out / "test_metrics.json", out / "run_info.json"
     if test_path.exists():
+        _check_same_run(out, cfg_dict)
         test = json.loads(test_path.read_text())
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         return {"test": test, "skipped": True, **info}

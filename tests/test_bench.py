@@ -16,9 +16,11 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(args, tmp_path, timeout=600):
+def _run(args, tmp_path, timeout=600, ok=True):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FGNB_DATA": os.environ.get("FGNB_DATA", str(tmp_path / "data"))}
     p = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if not ok:
+        return p
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     return p.stdout
 
@@ -90,6 +92,9 @@ def test_ablation_schema_and_resume(tmp_path):
     stdout = _run(args, tmp_path)
     assert stdout.count("skipped (done)") == 4
     assert all(r["skipped"] for r in load_results(out)["runs"])
+    # Finished runs made with other options are never mixed in.
+    p = _run([*args, "--set", "lr=0.5"], tmp_path, ok=False)
+    assert p.returncode != 0 and "holds a finished run with other options (lr: 0.001 there, 0.5 requested)" in p.stderr
 
 
 def test_results_loader_rejects_other_json(tmp_path):
