@@ -75,3 +75,16 @@ def test_stale_weights_are_refused(monkeypatch):
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
     with pytest.raises(RuntimeError, match="rebuild"):
         pretrained.synthetic_weights()
+
+
+def test_weights_ship_in_the_package():
+    """A wheel (Colab installs one from git) carries the weights and their recipe."""
+    import fnmatch
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["fgnb"]
+    for f in (SYNTHETIC_WEIGHTS, SYNTHETIC_RECIPE):
+        rel = f.relative_to(root / "fgnb").as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel
