@@ -98,12 +98,13 @@ def base_config(args):
 def _check_same_run(out: pathlib.Path, cfg_dict: dict) -> None:
     """A finished run is reused only if it was made with the requested options."""
     import yaml
+
+    from fgnb.config import option_differences
     saved_path = out / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
     if not isinstance(saved, dict):
         raise ValueError(f"{out} has test metrics but no readable config.yaml; remove it or use another --runs-dir")
-    ignore = {"out", "resume", "progress"}
-    diff = {k: (saved.get(k), v) for k, v in cfg_dict.items() if k not in ignore and saved.get(k) != v}
+    diff = option_differences(saved, cfg_dict, ignore={"out", "resume", "progress"})
     if diff:
         shown = ", ".join(f"{k}: {a!r} there, {b!r} requested" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"{out} holds a finished run with other options ({shown}); "

@@ -16,14 +16,15 @@ import pathlib
 import sys
 import time
 
+from .config import SYNTHETIC, SYNTHETIC_ARCH
+
 __all__ = ["profile", "PROFILES", "source_hash", "is_fresh", "execute"]
 
 #: cpu-quick: the embedded data and a small hybrid ViT pre-trained on other synthetic
 #: species (fgnb.pretrained), fine-tuned for minutes on 2 cores.
 #: full: CUB-200-2011 with ImageNet-21k ViT-B/16 at 448 px, the FGVC recipe (a GPU).
 PROFILES = {
-    "cpu-quick": dict(dataset="synthetic", model="vit_tiny_r_s16_p8_224", img_size=64, patch_size=2, depth=6,
-                      embed_dim=96, num_heads=3, weights="fgnb:synthetic",
+    "cpu-quick": dict(dataset="synthetic", **SYNTHETIC_ARCH, img_size=64, weights=SYNTHETIC,
                       epochs=4, batch_size=32, lr=1e-3, optimizer="adamw", weight_decay=0.05, warmup_epochs=1.0),
     "full": dict(dataset="cub", model="vit_base_patch16_224.orig_in21k", img_size=448, patch_size=None, depth=None,
                  embed_dim=None, num_heads=None, weights=None, pretrained=True, resize_size=600, epochs=40, batch_size=16, optimizer="sgd", lr=3e-2 / 4,

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args",
+           "option_differences", "SYNTHETIC", "SYNTHETIC_ARCH"]
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,11 @@ class ConfigError(ValueError):
 SYNTHETIC = "fgnb:synthetic"
 #: the architecture options that backbone needs
 SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embed_dim=96, num_heads=3)
+
+
+def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]:
+    """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}."""
+    return {k: (saved.get(k), v) for k, v in wanted.items() if k not in ignore and saved.get(k) != v}
 
 
 def opt(default, help: str, choices: tuple | None = None):
@@ -53,12 +59,12 @@ class TrainConfig:
     # model
     # The defaults are the CPU profile: timm's hybrid ViT (ResNet stem of stride 4, then 2 x 2
     # patches: 8 x 8 tokens of 8 x 8 pixels at 64 px), small, pre-trained on other species.
-    model: str = opt("vit_tiny_r_s16_p8_224", "timm ViT name")
+    model: str = opt(SYNTHETIC_ARCH["model"], "timm ViT name")
     img_size: int = opt(64, "model input size in pixels (multiple of the patch size)")
-    patch_size: int | None = opt(2, "patch size of the patch embedding (None: the model's own); a hybrid ViT patchifies its stem's feature map")
-    depth: int | None = opt(6, "number of blocks (None: the model's own)")
-    embed_dim: int | None = opt(96, "token width D (None: the model's own)")
-    num_heads: int | None = opt(3, "attention heads H (None: the model's own)")
+    patch_size: int | None = opt(SYNTHETIC_ARCH["patch_size"], "patch size of the patch embedding (None: the model's own); a hybrid ViT patchifies its stem's feature map")
+    depth: int | None = opt(SYNTHETIC_ARCH["depth"], "number of blocks (None: the model's own)")
+    embed_dim: int | None = opt(SYNTHETIC_ARCH["embed_dim"], "token width D (None: the model's own)")
+    num_heads: int | None = opt(SYNTHETIC_ARCH["num_heads"], "attention heads H (None: the model's own)")
     pretrained: bool = opt(False, "load the model's pretrained weights through timm (network)")
     weights: str | None = opt(SYNTHETIC, f"local timm checkpoint (.pth/.safetensors) to start from, offline; {SYNTHETIC!r}: the "
                                          "shipped backbone pre-trained on other synthetic species (fits the default model only); "

@@ -27,7 +27,7 @@ import torch
 
 from .model import FGViT
 
-__all__ = ["export_backbone", "read_metadata", "SYNTHETIC_WEIGHTS", "SYNTHETIC_RECIPE", "synthetic_weights"]
+__all__ = ["export_backbone", "export_checkpoint", "read_metadata", "SYNTHETIC_WEIGHTS", "SYNTHETIC_RECIPE", "synthetic_weights"]
 
 _DIR = pathlib.Path(__file__).parent / "weights"
 #: the shipped pre-trained backbone of the CPU profile, and the config that trained it

@@ -28,7 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .config import SYNTHETIC, ConfigError, TrainConfig
+from .config import SYNTHETIC, ConfigError, TrainConfig, option_differences
 from .crop import attention_boxes, crop_and_resize, crop_attention_layers, scale_boxes
 from .data import build_dataset
 from .model import FGViT, create_model
@@ -363,10 +363,9 @@ def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
 
 
 def _check_resume(cfg: TrainConfig, saved: dict, path) -> None:
-    mine, theirs = cfg.to_dict(), saved
-    diff = [k for k in mine if k not in RESUMABLE and mine.get(k) != theirs.get(k)]
+    diff = option_differences(saved, cfg.to_dict(), RESUMABLE)
     if diff:
-        details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
+        details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"cannot resume {path}: options differ ({details}); use the run's own options or another --out")
 
 

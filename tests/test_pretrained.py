@@ -56,6 +56,9 @@ def test_shipped_weights_match_their_recipe_and_load():
     for k in ("out", "progress"):  # where it was written and how it printed: not the recipe
         used.pop(k), recipe.pop(k)
     assert used == recipe
+    # the architecture the config checks `fgnb:synthetic` against is the recipe's
+    from fgnb.config import SYNTHETIC_ARCH
+    assert SYNTHETIC_ARCH == {k: recipe[k] for k in SYNTHETIC_ARCH}
     # pre-trained on species the default set does not hold
     first = recipe["synthetic_first_class"]
     assert first >= synthetic.DEFAULTS["num_classes"] + synthetic.DEFAULTS["first_class"]
