@@ -42,20 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args) -> dict:
-    from .data import build_dataset
-    from .train import _eval_loader, evaluate, load_model, select_device
+    from .train import _eval_loader, dataset_for, evaluate, load_model, select_device
 
     device = select_device(args.device)
     model, cfg, _ = load_model(args.checkpoint, device)
     if args.data_root:
         cfg = cfg.replace(data_root=args.data_root)
     dc = model.data_config()
-    source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
-    from .train import _synthetic_params
-
-    ds = build_dataset(cfg.dataset, root=cfg.data_root, split=args.split, image_size=cfg.img_size, source_size=source,
-                       mean=dc["mean"], std=dc["std"], resize_size=cfg.resize_size, val_fraction=cfg.val_fraction,
-                       seed=cfg.seed, synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None)
+    ds = dataset_for(cfg, args.split, dc["mean"], dc["std"])
     res = evaluate(model, _eval_loader(ds, cfg), cfg, device, progress=True)
     print(json.dumps(res, indent=2))
     if args.json_out:

@@ -49,6 +49,7 @@ class TrainConfig:
     dataset: str = opt("synthetic", "dataset name", ("synthetic", "cub", "folder", "aircraft", "flowers", "pets"))
     data_root: str | None = opt(None, "dataset folder (synthetic: generated into ~/.cache/fgnb or $FGNB_DATA if unset)")
     val_fraction: float = opt(0.1, "share of the train split held out for validation (model selection never reads test)")
+    split_seed: int = opt(0, "seed of the validation split; fixed across training seeds, so runs with other seeds train and select on the same images")
     source_size: int | None = opt(None, "resolution of the source view that crops are cut from with crop_from=source (default 4x img_size)")
     resize_size: int | None = opt(None, "resize before the random/centre crop (default img_size * 8/7; 600 for CUB at 448)")
     synthetic_classes: int | None = opt(None, "synthetic dataset: number of classes (default: the generator's)")
@@ -76,12 +77,21 @@ class TrainConfig:
     order: str = opt("shallow_first", "progressive: order of the per-layer updates", ("shallow_first", "deep_first"))
     reforward: bool = opt(True, "progressive: re-run the forward before every stage (False: all gradients at one point)")
     crop: bool = opt(False, "train on attention crops too (the multi-scale module)")
+    crop_update: str = opt("joint", "how crops are trained: joint = each stage's step also takes the crop view's loss (R steps "
+                                    "per batch, as without crops); separate = extra strategy steps on the crops", ("joint", "separate"))
+    crop_boxes: str = opt("attention", "where the crop box comes from: the attention (the method), the ground-truth part box "
+                                       "(oracle, an upper bound) or a random box of the attention box's size (a lower bound)",
+                          ("attention", "oracle", "random"))
     crop_attention: str = opt("last", "which attention drives the crop", ("last", "cumulative", "per_layer", "rollout"))
     box_rule: str = opt("all", "marked patches -> box", ("all", "largest"))
     threshold_scale: float = opt(1.0, "mark patches whose product exceeds scale x mean")
-    crop_from: str = opt("input", "cut the crop from the model input or the higher-resolution source image", ("input", "source"))
+    crop_from: str = opt("source", "cut the crop from the higher-resolution source image (the text) or the model input", ("source", "input"))
     min_crop: int = opt(0, "smallest crop side in input pixels (0: no minimum)")
-    select_by: str = opt("last", "inference mode that picks the best checkpoint on validation", ("last", "mean", "crop"))
+    crop_margin: float = opt(0.0, "context around the box: grow each side by this share of the box's width/height")
+    crop_warmup_epochs: int = opt(0, "train on crops only from this epoch on (0-based; the model localises first)")
+    steps_per_batch: int = opt(1, "optimizer steps per batch, each a new forward on the same batch (an equal-budget control: "
+                                  "last with 3 makes as many steps as progressive with R = 3)")
+    select_by: str = opt("last", "inference mode that picks the best checkpoint on validation", ("last", "mean", "crop", "crop_only"))
     # optimisation
     epochs: int = opt(8, "training epochs")
     batch_size: int = opt(32, "images per batch (global, over all processes)")
@@ -119,7 +129,7 @@ class TrainConfig:
             v = getattr(self, f.name)
             if choices and v not in choices:
                 raise ConfigError(f"{f.name}={v!r} is not valid: choose one of {', '.join(map(str, choices))}")
-        positive = ["img_size", "epochs", "batch_size"]
+        positive = ["img_size", "epochs", "batch_size", "steps_per_batch"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -145,8 +155,10 @@ class TrainConfig:
                     + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
         if self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be > 0, got {self.threshold_scale}")
-        if self.crop_attention == "rollout" and not self.crop and self.select_by != "crop":
-            pass  # only used when the crop is on
+        if not 0 <= self.crop_margin <= 4:
+            raise ConfigError(f"crop_margin must be in [0, 4] (a share of the box's side), got {self.crop_margin}")
+        if self.crop_warmup_epochs < 0:
+            raise ConfigError(f"crop_warmup_epochs must be >= 0, got {self.crop_warmup_epochs}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,13 @@ from torchvision.ops import roi_align
 
 from .attention import attention_rollout, boxes_from_mask, cumulative_product, head_product, mean_threshold
 
-__all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_layers", "attention_scores", "attention_boxes"]
+__all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_layers", "attention_scores", "attention_boxes",
+           "CROP_BOXES", "random_boxes_like", "expand_boxes"]
+
+#: Where the crop's box comes from: ``attention`` (the method), ``oracle`` (the ground-truth
+#: part box: an upper bound on data that has one, never an option for real training) and
+#: ``random`` (a box of the attention box's size at a uniformly random place: a lower bound).
+CROP_BOXES = ("attention", "oracle", "random")
 
 #: Which attention drives the crop (METHOD.md leaves it open):
 #: ``last`` the deepest target layer's head product; ``cumulative`` the product over heads
@@ -103,3 +109,25 @@ def attention_boxes(
         boxes_from_mask(mean_threshold(s, threshold_scale), out.grid, out.patch_size, rule=rule, min_size=min_size)
         for s in attention_scores(out, mode, target_layers)
     ]
+
+
+def random_boxes_like(boxes: torch.Tensor, size: tuple[int, int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boxes of the same width and height as ``boxes``, placed uniformly at random inside an
+    image of (H, W) = ``size``: the crop's lower bound (same zoom, no localisation)."""
+    H, W = size
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp_min(0)
+    wh = torch.minimum(wh, wh.new_tensor([W, H]))
+    u = torch.rand(boxes.shape[0], 2, generator=generator, device="cpu").to(boxes)
+    x0y0 = u * (wh.new_tensor([W, H]) - wh)
+    return torch.cat([x0y0, x0y0 + wh], dim=1)
+
+
+def expand_boxes(boxes: torch.Tensor, margin: float, size: tuple[int, int]) -> torch.Tensor:
+    """Grow every box by ``margin`` x its width (height) on each side, clipped to the image:
+    context around the marked patches (``margin=0.5`` doubles a box's sides)."""
+    if margin == 0:
+        return boxes
+    H, W = size
+    wh = (boxes[:, 2:] - boxes[:, :2]) * margin
+    out = torch.cat([boxes[:, :2] - wh, boxes[:, 2:] + wh], dim=1)
+    return torch.minimum(out.clamp_min(0), out.new_tensor([W, H, W, H]))

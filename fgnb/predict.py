@@ -9,35 +9,42 @@ import pathlib
 
 import torch
 
-from .crop import attention_boxes, attention_scores, crop_and_resize, crop_attention_layers
+from .crop import attention_scores
 from .data import load_rgb, make_transform
 from .plots import overlay, to_display
-from .train import load_model, select_device
+from .train import crop_views, load_model, select_device
 
 __all__ = ["predict_files"]
 
 
 @torch.no_grad()
 def predict_files(checkpoint, images, top_k: int = 5, out_dir=None, device="auto") -> list[dict]:
-    """Classify each file with the ``crop`` inference mode and save ``<name>.attention.png``."""
+    """Classify each file with the ``crop`` inference mode and save ``<name>.attention.png``.
+
+    The crop is made as the run trained it (:func:`fgnb.train.crop_views`): the run's
+    attention mode, box rule and margin, cut from the source view when ``crop_from='source'``.
+    """
     import matplotlib.pyplot as plt
 
     dev = select_device(device)
     model, cfg, state = load_model(checkpoint, dev)
     classes = state.get("classes") or [str(i) for i in range(model.num_classes)]
     dc = model.data_config()
-    tf = make_transform(False, cfg.img_size, cfg.resize_size, dc["mean"], dc["std"])
+    if cfg.crop_boxes != "attention":
+        # Oracle and random boxes are bounds for the ablation, not a way to predict.
+        cfg = cfg.replace(crop_boxes="attention")
+    source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
+    tf = make_transform(False, cfg.img_size, cfg.resize_size, dc["mean"], dc["std"], source_size=source)
     out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(checkpoint).parent / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     k = max(1, min(top_k, model.num_classes))
-    layers = crop_attention_layers(model.target_layers, cfg.crop_attention)
     results = []
     for path in images:
-        x = tf(load_rgb(path))["image"].unsqueeze(0).to(dev)
-        out = model(x, attn_layers=layers, full_attn=cfg.crop_attention == "rollout")
+        item = {k: v.unsqueeze(0) for k, v in tf(load_rgb(path)).items()}
+        x = item["image"].to(dev)
+        crops, boxes, out = crop_views(model, item, x, cfg)
         scores = attention_scores(out, cfg.crop_attention, model.target_layers)[-1]
-        box = attention_boxes(out, cfg.crop_attention, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers)[-1]
-        crop = crop_and_resize(x, box, cfg.img_size)
+        box, crop = boxes[-1], crops[-1]
         p = 0.5 * (out.logits[-1].softmax(-1) + model(crop).logits[-1].softmax(-1))[0]
         top = torch.topk(p, k)
         fig, axes = plt.subplots(1, 2, figsize=(6, 3))

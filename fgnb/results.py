@@ -31,9 +31,15 @@ import math
 import os
 from typing import Any, Sequence
 
-__all__ = ["load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown"]
+__all__ = ["load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown",
+           "t_quantile", "paired_differences", "seeds_needed"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
+
+#: Two-sided 95 % quantiles t_{0.975, df} of Student's t (df: value), used when scipy is absent.
+_T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
+         10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314, 16: 2.1199, 17: 2.1098,
+         18: 2.1009, 19: 2.0930, 20: 2.0860, 25: 2.0595, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}
 KINDS = ("ablation", "speed", "published")
 
 
@@ -108,4 +114,78 @@ def speed_table(results: dict, markdown: bool = False, digits: int = 2):
     if markdown:
         shown = [{k: (_sig(v, digits + 1) if isinstance(v, float) or v is None else v) for k, v in r.items()} for r in rows]
         return to_markdown(shown, ["section", "item", "ratio", "ideal", "ratio/ideal", "value", "unit"])
+    return rows
+
+
+# ----------------------------------------------------------------------------- paired statistics
+def t_quantile(df: int, q: float = 0.975) -> float:
+    """Student's t quantile (scipy's when installed; else a table, rounding df down: wider)."""
+    if df < 1:
+        raise ValueError(f"t_quantile needs df >= 1, got {df}")
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(q, df))
+    except ImportError:
+        if q != 0.975:
+            raise ValueError("without scipy only the 95 % two-sided quantile (q=0.975) is available") from None
+        return _T975[max(k for k in _T975 if k <= df)]
+
+
+def seeds_needed(sd: float, half_width: float = 1.5, confidence: float = 0.95, most: int = 1000) -> int:
+    """Smallest n >= 2 with t_{n-1} * sd / sqrt(n) <= half_width: the seeds a paired
+    difference of standard deviation ``sd`` needs for an interval of +- ``half_width``."""
+    q = 1 - (1 - confidence) / 2
+    for n in range(2, most + 1):
+        if t_quantile(n - 1, q) * sd / math.sqrt(n) <= half_width:
+            return n
+    raise ValueError(f"more than {most} seeds needed for sd={sd} and half_width={half_width}")
+
+
+def _metric_of(run: dict, metric: str, split: str):
+    values = run.get("test") if split == "test" else run.get("val")
+    v = (values or {}).get(metric)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def paired_differences(results: dict, baseline: str = "last", metric: str = "top1_last", split: str = "test",
+                       percent: bool = True, confidence: float = 0.95, markdown: bool = False):
+    """Every variant against ``baseline``, seed by seed: mean paired difference and its t interval.
+
+    Runs with the same seed share the initial heads, batch order and augmentation (and every
+    run the data and validation split), so d_s = variant_s - baseline_s removes what the
+    seeds share; mean d = (1/n) sum_s d_s, interval mean +- t_{n-1} sd(d) / sqrt(n).
+    ``split``: ``test`` (read once per run, on the checkpoint chosen on validation) or
+    ``val`` (the validation metric of that checkpoint: what decisions are made on).
+    Rows: {variant, n, mean, sd, half_width, low, high, excludes_zero, seeds}, in percent
+    points by default; the baseline itself is left out.
+    """
+    if results.get("kind") != "ablation":
+        raise ValueError("paired_differences needs the results of bench/ablation.py (kind 'ablation')")
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    k = 100.0 if percent else 1.0
+    by = {}
+    for r in results.get("runs", []):
+        v = _metric_of(r, metric, split)
+        if v is not None:
+            by.setdefault(r["variant"], {})[r["seed"]] = v * k
+    if baseline not in by:
+        raise ValueError(f"no {baseline!r} runs with {split} {metric} in these results; variants: {sorted(by)}")
+    q = 1 - (1 - confidence) / 2
+    rows = []
+    for variant in [v for v in results.get("variants", by) if v in by and v != baseline]:
+        seeds = sorted(set(by[variant]) & set(by[baseline]))
+        d = [by[variant][s] - by[baseline][s] for s in seeds]
+        n = len(d)
+        mean = sum(d) / n if n else float("nan")
+        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else float("nan")
+        hw = t_quantile(n - 1, q) * sd / math.sqrt(n) if n > 1 else float("nan")
+        rows.append({"variant": variant, "n": n, "mean": mean, "sd": sd, "half_width": hw,
+                     "low": mean - hw, "high": mean + hw, "excludes_zero": n > 1 and (mean - hw > 0 or mean + hw < 0),
+                     "seeds": seeds})
+    if markdown:
+        shown = [{"variant": r["variant"], "n": r["n"], f"mean diff ({'points' if percent else 'share'})": _fmt(r["mean"], 2),
+                  "95 % interval": f"[{_fmt(r['low'], 2)}, {_fmt(r['high'], 2)}]", "sd": _fmt(r["sd"], 2)} for r in rows]
+        return to_markdown(shown)
     return rows

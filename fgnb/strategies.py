@@ -1,8 +1,19 @@
 """How the R head losses update the network: last, summed, or progressive (the method).
 
-Chapter 5 derives and compares them. Every strategy takes one batch and does its
-optimizer step(s); each returns the per-stage losses and the last forward's output
-(whose CLS attention the crop branch reuses, so the crop costs no extra forward).
+Chapter 5 derives and compares them; chapter 6 adds the crop views. Every strategy takes
+one batch and does its optimizer step(s); each returns the per-head losses and the last
+forward's output.
+
+The crop views (``crops=``, one tensor of crops per head) join the batch's own steps (the
+``joint`` crop update, chapter 6): head r's loss on a step is the mean cross-entropy over
+the global and the crop view together,
+
+    LOSS_r = 1/2 [ CE(y_r(x), y) + CE(y_r(crop_r), y) ],
+
+so a batch makes the same number of optimizer steps (1, 1 or R) with or without crops, and
+with the crops equal to the images it is exactly the step on the batch duplicated. (The
+mean rather than the sum keeps the step size of the baseline, so a crop variant does not
+also get a larger effective learning rate.)
 """
 from __future__ import annotations
 
@@ -25,6 +36,8 @@ __all__ = [
     "STRATEGIES",
     "make_strategy",
     "NonFiniteLossError",
+    "StepResult",
+    "cross_entropy",
 ]
 
 
@@ -43,6 +56,7 @@ class StepContext:
         ranks under torch.distributed; a no-op on one process).
     after_step: called after every optimizer step (the LR scheduler is stepped per batch,
         not per stage, so this is usually a no-op).
+    label_smoothing: of every training cross-entropy (``F.cross_entropy(label_smoothing=)``).
     """
 
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
@@ -50,6 +64,69 @@ class StepContext:
     clip_grad: float | None = None
     grad_sync: Callable[[nn.Module], None] = lambda model: None
     after_step: Callable[[], None] = lambda: None
+    label_smoothing: float = 0.0
+
+
+class StepResult(tuple):
+    """``(losses, out)`` of one batch, unpacked as a pair.
+
+    losses: the loss of every trained head, shallow to deep (the joint loss with crops).
+    out: the last forward's :class:`~fgnb.model.FGViTOutput` (global and crop rows).
+    ``.crop_losses``: the crop view's cross-entropy of every trained head (``None`` without crops).
+    """
+
+    def __new__(cls, losses, out, crop_losses=None):
+        self = super().__new__(cls, (losses, out))
+        self.crop_losses = crop_losses
+        return self
+
+    @property
+    def losses(self):
+        return self[0]
+
+    @property
+    def out(self):
+        return self[1]
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ctx: "StepContext") -> torch.Tensor:
+    """The training loss of one head: CE in float32, with the run's label smoothing."""
+    return F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+
+
+def _views(images: torch.Tensor, crops, heads: Sequence[int]):
+    """One input batch for a forward: the images, then every distinct crop set the heads need.
+
+    Returns (inputs, rows) where rows[r] = (global rows, crop rows) slices of head r, or
+    (inputs, None) without crops.
+    """
+    if crops is None:
+        return images, None
+    B = images.shape[0]
+    parts, where, rows = [images], {}, {}
+    for r in heads:
+        c = crops[r]
+        if c.shape != images.shape:
+            raise ValueError(f"crops for head {r} have shape {tuple(c.shape)}, the images {tuple(images.shape)}")
+        if id(c) not in where:
+            where[id(c)] = len(parts) * B
+            parts.append(c)
+        rows[r] = (slice(0, B), slice(where[id(c)], where[id(c)] + B))
+    return torch.cat(parts), rows
+
+
+def _head_loss(logits: torch.Tensor, labels: torch.Tensor, rows, r: int, ctx: StepContext):
+    """(loss, crop part or None): CE of the global view, or the joint mean with the crop view."""
+    if rows is None:
+        return cross_entropy(logits, labels, ctx), None
+    g, c = rows[r]
+    crop_loss = cross_entropy(logits[c], labels, ctx)
+    return 0.5 * (cross_entropy(logits[g], labels, ctx) + crop_loss), crop_loss
+
+
+def _check_crops(crops, model) -> None:
+    if crops is not None and len(crops) != model.num_targets:
+        raise ValueError(f"crops: one tensor per head ({model.num_targets}), got {len(crops)}")
 
 
 def _check_finite(loss: torch.Tensor, what: str) -> None:
@@ -110,15 +187,18 @@ class LastStrategy(UpdateStrategy):
     def stages(self, model):
         return [model.num_targets - 1]
 
-    def step(self, model, optimizer, images, labels, ctx=None, attn_layers=None, full_attn=False):
+    def step(self, model, optimizer, images, labels, ctx=None, attn_layers=None, full_attn=False, crops=None):
         ctx = ctx or StepContext()
+        _check_crops(crops, model)
+        R = model.num_targets - 1
+        inputs, rows = _views(images, crops, [R])
         optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            out = model(images, attn_layers=attn_layers, full_attn=full_attn)
-            loss = F.cross_entropy(out.logits[-1].float(), labels)
+            out = model(inputs, attn_layers=attn_layers, full_attn=full_attn)
+            loss, crop_loss = _head_loss(out.logits[-1], labels, rows, R, ctx)
         _check_finite(loss, "loss of the last head")
         _backward_and_step(loss, model, optimizer, ctx)
-        return [loss.item()], out
+        return StepResult([loss.item()], out, None if crop_loss is None else [crop_loss.item()])
 
 
 @dataclass
@@ -130,16 +210,20 @@ class SummedStrategy(UpdateStrategy):
     def stages(self, model):
         return list(range(model.num_targets))
 
-    def step(self, model, optimizer, images, labels, ctx=None, attn_layers=None, full_attn=False):
+    def step(self, model, optimizer, images, labels, ctx=None, attn_layers=None, full_attn=False, crops=None):
         ctx = ctx or StepContext()
+        _check_crops(crops, model)
+        heads = self.stages(model)
+        inputs, rows = _views(images, crops, heads)
         optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            out = model(images, attn_layers=attn_layers, full_attn=full_attn)
-            losses = [F.cross_entropy(lg.float(), labels) for lg in out.logits]
-            loss = torch.stack(losses).sum()
+            out = model(inputs, attn_layers=attn_layers, full_attn=full_attn)
+            pairs = [_head_loss(out.logits[r], labels, rows, r, ctx) for r in heads]
+            loss = torch.stack([l for l, _ in pairs]).sum()
         _check_finite(loss, "summed loss")
         _backward_and_step(loss, model, optimizer, ctx)
-        return [l.item() for l in losses], out
+        crop = None if crops is None else [c.item() for _, c in pairs]
+        return StepResult([l.item() for l, _ in pairs], out, crop)
 
 
 ORDERS = ("shallow_first", "deep_first")
@@ -171,12 +255,14 @@ class ProgressiveStrategy(UpdateStrategy):
         r = list(range(model.num_targets))
         return r if self.order == "shallow_first" else r[::-1]
 
-    def step(self, model, optimizer, images, labels, ctx=None, attn_layers=None, full_attn=False):
+    def step(self, model, optimizer, images, labels, ctx=None, attn_layers=None, full_attn=False, crops=None):
         ctx = ctx or StepContext()
+        _check_crops(crops, model)
         stages = self.stages(model)
         if not self.reforward:
-            return self._step_one_point(model, optimizer, images, labels, ctx, stages, attn_layers, full_attn)
+            return self._step_one_point(model, optimizer, images, labels, ctx, stages, attn_layers, full_attn, crops)
         losses: list[float] = []
+        crop_losses: list[float] = []
         out = None
         for i, r in enumerate(stages):
             last = i == len(stages) - 1
@@ -185,25 +271,31 @@ class ProgressiveStrategy(UpdateStrategy):
                 # Attention is read on the last stage's forward, which runs deepest when
                 # shallow-first; deep-first reads it on its last (shallow) stage, which
                 # then runs as deep as the attention layers need.
+                # Stage r's batch: the images and, with crops, head r's crop view.
+                inputs, rows = _views(images, crops, [r])
                 out = model(
-                    images,
+                    inputs,
                     upto=r,
                     attn_layers=attn_layers if last else None,
                     full_attn=full_attn and last,
                 )
-                loss = F.cross_entropy(out.logits[r].float(), labels)
+                loss, crop_loss = _head_loss(out.logits[r], labels, rows, r, ctx)
             _check_finite(loss, f"loss of head {r} (layer {model.target_layers[r]})")
             _backward_and_step(loss, model, optimizer, ctx)
             losses.append(loss.item())
+            if crop_loss is not None:
+                crop_losses.append(crop_loss.item())
         # Report losses in head order (shallow to deep) whatever the update order.
-        by_head = dict(zip(stages, losses))
-        return [by_head[r] for r in sorted(by_head)], out
+        order = sorted(range(len(stages)), key=lambda i: stages[i])
+        return StepResult([losses[i] for i in order], out, [crop_losses[i] for i in order] if crop_losses else None)
 
-    def _step_one_point(self, model, optimizer, images, labels, ctx, stages, attn_layers, full_attn):
+    def _step_one_point(self, model, optimizer, images, labels, ctx, stages, attn_layers, full_attn, crops):
+        inputs, rows = _views(images, crops, stages)
         optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            out = model(images, attn_layers=attn_layers, full_attn=full_attn)
-            losses = [F.cross_entropy(lg.float(), labels) for lg in out.logits]
+            out = model(inputs, attn_layers=attn_layers, full_attn=full_attn)
+            pairs = [_head_loss(out.logits[r], labels, rows, r, ctx) for r in range(model.num_targets)]
+            losses = [l for l, _ in pairs]
         params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         scale0 = ctx.scaler.get_scale() if ctx.scaler is not None else 1.0
         grads = {}
@@ -217,7 +309,8 @@ class ProgressiveStrategy(UpdateStrategy):
             for p, g in zip(params, grads[r]):
                 p.grad = None if g is None else g * factor
             _apply_step(model, optimizer, ctx)
-        return [l.item() for l in losses], out
+        crop = None if crops is None else [c.item() for _, c in pairs]
+        return StepResult([l.item() for l in losses], out, crop)
 
 
 STRATEGIES = {"last": LastStrategy, "summed": SummedStrategy, "progressive": ProgressiveStrategy}

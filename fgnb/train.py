@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .config import SYNTHETIC, ConfigError, TrainConfig, option_differences
-from .crop import attention_boxes, crop_and_resize, crop_attention_layers, scale_boxes
+from .crop import attention_boxes, crop_and_resize, crop_attention_layers, expand_boxes, random_boxes_like, scale_boxes
 from .data import build_dataset
 from .model import FGViT, create_model
 from .strategies import NonFiniteLossError, StepContext, make_strategy
@@ -46,10 +46,12 @@ __all__ = [
     "load_model",
     "atomic_write",
     "box_iou",
+    "crop_views",
+    "dataset_for",
     "INFERENCE_MODES",
 ]
 
-INFERENCE_MODES = ("last", "mean", "crop")
+INFERENCE_MODES = ("last", "mean", "crop", "crop_only")
 CHECKPOINT_VERSION = 1
 # Options that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root"}
@@ -130,19 +132,26 @@ def _synthetic_params(cfg: TrainConfig) -> dict:
     return {k: v for k, v in named.items() if v is not None}
 
 
-def build_data(cfg: TrainConfig, mean, std) -> dict[str, Any]:
-    """train / val / test data sets with the FGVC transform and the weights' normalisation."""
+def dataset_for(cfg: TrainConfig, split: str, mean, std):
+    """One split of the run's data set, as training built it.
+
+    The validation split is carved with ``split_seed``, never with the training ``seed``:
+    runs that differ only in their seed train and select on the same images.
+    """
     source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
-    common = dict(
-        root=cfg.data_root, image_size=cfg.img_size, mean=mean, std=std, resize_size=cfg.resize_size,
-        val_fraction=cfg.val_fraction, seed=cfg.seed,
+    return build_dataset(
+        cfg.dataset, split=split, root=cfg.data_root, image_size=cfg.img_size, source_size=source, mean=mean, std=std,
+        resize_size=cfg.resize_size, val_fraction=cfg.val_fraction, seed=cfg.split_seed,
         synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None,
     )
+
+
+def build_data(cfg: TrainConfig, mean, std) -> dict[str, Any]:
+    """train / val / test data sets with the FGVC transform and the weights' normalisation."""
     with dist.main_first():  # rank 0 generates the synthetic set, the others wait and read it
-        train_ds = build_dataset(cfg.dataset, split="train", source_size=source, **common)
-    val_ds = build_dataset(cfg.dataset, split="val", source_size=source, **common) if cfg.val_fraction > 0 else None
-    test_ds = build_dataset(cfg.dataset, split="test", source_size=source, **common)
-    return {"train": train_ds, "val": val_ds, "test": test_ds}
+        train_ds = dataset_for(cfg, "train", mean, std)
+    val_ds = dataset_for(cfg, "val", mean, std) if cfg.val_fraction > 0 else None
+    return {"train": train_ds, "val": val_ds, "test": dataset_for(cfg, "test", mean, std)}
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -289,57 +298,101 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def crop_views(model: FGViT, batch: dict, x: torch.Tensor, cfg: TrainConfig, autocast=contextlib.nullcontext,
+               generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], Any]:
+    """The crop branch's input for one batch: (crops per head, boxes per crop, the forward).
+
+    The attention is read at one documented point: a forward of the batch ``x`` with the
+    model in eval mode (no dropout in the boxes), before any of the batch's updates, the
+    same for every strategy. Boxes (input pixels) come from that attention, or from the
+    ground truth (``crop_boxes='oracle'``) or at random (``'random'``); a ``crop_margin``
+    adds context; the crop is cut from the source view (``crop_from='source'``) and resized
+    to the input size. ``crops[r]`` is head r's crop view: its own for ``per_layer``, else
+    the one crop for every head.
+    """
+    was_training = model.training
+    model.eval()
+    mode = cfg.crop_attention
+    with autocast():
+        out = model(x, attn_layers=crop_attention_layers(model.target_layers, mode), full_attn=mode == "rollout")
+    model.train(was_training)
+    boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers)
+    size = tuple(x.shape[-2:])
+    if cfg.crop_boxes == "oracle":
+        part = batch["part_box"].to(x.device).float()
+        if torch.isnan(part).any():
+            raise ValueError("crop_boxes='oracle' needs a part box for every image (the synthetic set, or CUB with "
+                             "part_boxes.txt); this batch has images without one")
+        boxes = [part] * len(boxes)
+    elif cfg.crop_boxes == "random":
+        boxes = [random_boxes_like(b, size, generator) for b in boxes]
+    boxes = [expand_boxes(b, cfg.crop_margin, size) for b in boxes]
+    crops = []
+    for b in boxes:
+        src, sboxes = _crop_source(batch, x, b, cfg, x.device)
+        crops.append(crop_and_resize(src, sboxes, cfg.img_size).to(x.dtype))
+    per_head = crops if len(crops) == model.num_targets and len(crops) > 1 else [crops[-1]] * model.num_targets
+    return per_head, boxes, out
+
+
+@torch.no_grad()
 def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None = None, progress: bool = False) -> dict:
-    """Top-1 of every head and every inference mode, and localization of the attention box.
+    """Top-1 of every head and every inference mode, and localization of the crop box.
 
     Modes: ``last`` the deepest head; ``mean`` the mean of all heads' probabilities;
-    ``crop`` the deepest head's probabilities averaged over the global view and a second
-    pass on the attention crop. ``iou50``: share of images whose attention box has IoU
-    >= 0.5 with the ground-truth object box; ``part_hit``: share whose box contains the
-    centre of the discriminative part (synthetic data).
+    ``crop_only`` the deepest head on the crop view alone; ``crop`` the deepest head's
+    probabilities averaged over the global view and the crop view. The crop is made as in
+    training (:func:`crop_views`, the deepest head's box). ``iou50``: share of images whose
+    box has IoU >= 0.5 with the ground-truth object box; ``part_hit``: share whose box
+    contains the centre of the discriminative part; ``part_iou``: mean IoU of the box with
+    the part box (synthetic data); ``box_area``: mean share of the image the box covers.
     """
     device = device or next(model.parameters()).device
     autocast, _ = autocast_for(device, cfg.amp)
     model.eval()
-    mode = cfg.crop_attention
-    layers = crop_attention_layers(model.target_layers, mode)
     R = model.num_targets
-    # Running sums: hits of each head, of 'mean', of 'crop'; IoU>=0.5 hits and boxes;
-    # part hits and parts; box area share; images.
-    sums = torch.zeros(R + 8, dtype=torch.float64)
+    # Random boxes (the lower bound) are drawn from a fixed generator: every evaluation the same.
+    gen = torch.Generator().manual_seed(0)
+    # Running sums: hits of each head, of 'mean', 'crop', 'crop_only'; IoU>=0.5 hits and boxes;
+    # part hits and parts; part IoU; box area share; images.
+    sums = torch.zeros(R + 10, dtype=torch.float64)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         x, y = batch["image"].to(device), batch["label"].to(device)
+        crops, all_boxes, out = crop_views(model, batch, x, cfg, autocast, gen)
+        boxes = all_boxes[-1]
         with autocast():
-            out = model(x, attn_layers=layers, full_attn=mode == "rollout")
-            boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers)[-1]
-            src, sboxes = _crop_source(batch, x, boxes, cfg, device)
-            crop_out = model(crop_and_resize(src, sboxes, cfg.img_size))
+            crop_out = model(crops[-1], upto=R - 1)
         probs = [lg.float().softmax(-1) for lg in out.logits]
         p_mean = torch.stack(probs).mean(0)
-        p_crop = 0.5 * (probs[-1] + crop_out.logits[-1].float().softmax(-1))
+        p_crop_only = crop_out.logits[-1].float().softmax(-1)
+        p_crop = 0.5 * (probs[-1] + p_crop_only)
         gt, part = batch["box"].to(device).float(), batch["part_box"].to(device).float()
         has_box, has_part = ~torch.isnan(gt).any(dim=1), ~torch.isnan(part).any(dim=1)
         cx, cy = (part[:, 0] + part[:, 2]) / 2, (part[:, 1] + part[:, 3]) / 2
         inside = (cx >= boxes[:, 0]) & (cx <= boxes[:, 2]) & (cy >= boxes[:, 1]) & (cy <= boxes[:, 3])
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(x.shape[-1] * x.shape[-2])
-        row = [(p.argmax(-1) == y).sum() for p in (*probs, p_mean, p_crop)]
+        part_iou = torch.where(has_part, box_iou(boxes, torch.nan_to_num(part)), torch.zeros_like(area))
+        row = [(p.argmax(-1) == y).sum() for p in (*probs, p_mean, p_crop, p_crop_only)]
         row += [((box_iou(boxes, gt) >= 0.5) & has_box).sum(), has_box.sum(), (inside & has_part).sum(),
-                has_part.sum(), area.sum(), torch.tensor(len(y))]
+                has_part.sum(), part_iou.sum(), area.sum(), torch.tensor(len(y))]
         sums += torch.stack([v.double().cpu() for v in row])
     c = dist.all_reduce_sum(sums).tolist()
-    n = max(c[R + 7], 1.0)
+    n = max(c[R + 9], 1.0)
     res = {f"top1_head{r}": c[r] / n for r in range(R)}
-    res.update(top1_last=c[R - 1] / n, top1_mean=c[R] / n, top1_crop=c[R + 1] / n)
-    res["iou50"] = c[R + 2] / c[R + 3] if c[R + 3] else float("nan")
-    res["part_hit"] = c[R + 4] / c[R + 5] if c[R + 5] else float("nan")
-    res["box_area"] = c[R + 6] / n
-    res["n"] = int(c[R + 7])
+    res.update(top1_last=c[R - 1] / n, top1_mean=c[R] / n, top1_crop=c[R + 1] / n, top1_crop_only=c[R + 2] / n)
+    res["iou50"] = c[R + 3] / c[R + 4] if c[R + 4] else float("nan")
+    res["part_hit"] = c[R + 5] / c[R + 6] if c[R + 6] else float("nan")
+    res["part_iou"] = c[R + 7] / c[R + 6] if c[R + 6] else float("nan")
+    res["box_area"] = c[R + 8] / n
+    res["n"] = int(c[R + 9])
     return res
 
 
 def _crop_source(batch, x, boxes, cfg: TrainConfig, device):
     """Image to cut the crop from, and the box in its pixels."""
-    if cfg.crop_from == "source" and "source" in batch:
+    if cfg.crop_from == "source":
+        if "source" not in batch:
+            raise ValueError("crop_from='source' needs the data set's source view (build it with source_size=)")
         src = batch["source"].to(device)
         return src, scale_boxes(boxes, x.shape[-2:], src.shape[-2:])
     return x, boxes
@@ -411,8 +464,8 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     autocast, scaler = autocast_for(device, cfg.amp)
     strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
-    ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad, grad_sync=dist.sync_gradients)
-    crop_layers = crop_attention_layers(model.target_layers, cfg.crop_attention) if cfg.crop else None
+    ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad, grad_sync=dist.sync_gradients,
+                      label_smoothing=cfg.label_smoothing)
 
     history: list[dict] = []
     start_epoch, best, best_epoch = 0, -1.0, -1
@@ -446,18 +499,23 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             if i >= steps_per_epoch:
                 break
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
-            losses, gout = strategy.step(model, optimizer, x, y, ctx, attn_layers=crop_layers,
-                                         full_attn=cfg.crop and cfg.crop_attention == "rollout")
-            stage_losses.append(losses)
-            if cfg.crop:
-                with torch.no_grad():
-                    all_boxes = attention_boxes(gout, cfg.crop_attention, cfg.box_rule, cfg.threshold_scale,
-                                                cfg.min_crop, model.target_layers)
-                for boxes in all_boxes:
-                    src, sboxes = _crop_source(batch, x, boxes, cfg, device)
-                    crops = crop_and_resize(src, sboxes, cfg.img_size).detach()
-                    closs, _ = strategy.step(model, optimizer, crops, y, ctx)
-                    crop_losses.append(closs)
+            crops = None
+            if cfg.crop and epoch >= cfg.crop_warmup_epochs:
+                # Boxes from the model as it is before this batch's updates (crop_views).
+                crops, _, _ = crop_views(model, batch, x, cfg, autocast)
+            for _ in range(cfg.steps_per_batch):
+                if cfg.crop_update == "joint":
+                    # Each of the strategy's steps takes the crop view's loss too: no extra steps.
+                    result = strategy.step(model, optimizer, x, y, ctx, crops=crops)
+                    losses = result.losses
+                    if result.crop_losses is not None:
+                        crop_losses.append(result.crop_losses)
+                else:
+                    losses = strategy.step(model, optimizer, x, y, ctx).losses
+                    # separate: every distinct crop set gets the strategy's own steps on top.
+                    for c in ({id(c): c for c in crops}.values() if crops is not None else ()):
+                        crop_losses.append(strategy.step(model, optimizer, c, y, ctx).losses)
+                stage_losses.append(losses)
             scheduler.step()
             seen += len(y) * dist.world_size()
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")

@@ -94,7 +94,15 @@ def test_ablation_schema_and_resume(tmp_path):
     assert all(r["skipped"] for r in load_results(out)["runs"])
     # Finished runs made with other options are never mixed in.
     p = _run([*args, "--set", "lr=0.5"], tmp_path, ok=False)
-    assert p.returncode != 0 and "holds a finished run with other options (lr: 0.001 there, 0.5 requested)" in p.stderr
+    assert p.returncode != 0 and "holds a finished run with other options (lr: 0.0003 there, 0.5 requested)" in p.stderr
+    # The results file alone is the record: a new machine (no run folders) continues from it,
+    # and a call with fewer variants keeps the others' rows.
+    fresh = ["--runs-dir", str(tmp_path / "elsewhere")]
+    stdout = _run([*args[:-4], "--variants", "last", *fresh, "--out", str(out)], tmp_path)
+    assert stdout.count("skipped (done)") == 2 and not (tmp_path / "elsewhere").exists()
+    res = load_results(out)
+    assert len(res["runs"]) == 4 and res["seeds"] == [0, 1]
+    assert all(r["commit"] and r["config"]["seed"] == r["seed"] and r["val"]["n"] > 0 for r in res["runs"])
 
 
 def test_results_loader_rejects_other_json(tmp_path):

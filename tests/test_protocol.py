@@ -1,0 +1,234 @@
+"""The comparison's protocol (chapter 6 and 8): how many optimizer steps a batch makes, where
+the crop's attention is read, which images the crop is cut from, and a validation split that
+does not move with the training seed."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fgnb.strategies as strategies
+import importlib
+from fgnb.config import TrainConfig
+from fgnb.crop import attention_boxes, crop_attention_layers, expand_boxes, random_boxes_like
+from fgnb.model import FGViT, create_model
+from fgnb.strategies import StepContext, make_strategy
+from fgnb.train import build_data, crop_views, normalisation, train
+from test_train import data_cache  # noqa: F401  (the synthetic set generated once, in a temp folder)
+
+train_mod = importlib.import_module("fgnb.train")  # (the name fgnb.train is also the function)
+
+TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,
+            synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
+            depth=3, batch_size=6, epochs=1, warmup_epochs=0.0, progress=False, val_fraction=0.25, limit_batches=2)
+
+
+def cfg(tmp_path, name="run", **kw):
+    return TrainConfig(**{**TINY, **kw, "out": str(tmp_path / name)})
+
+
+# ------------------------------------------------------------------ optimizer steps per batch
+CASES = [  # (options, steps per batch with R = 3)
+    (dict(strategy="last"), 1),
+    (dict(strategy="summed"), 1),
+    (dict(strategy="progressive"), 3),
+    (dict(strategy="progressive", reforward=False), 3),
+    (dict(strategy="last", steps_per_batch=3), 3),
+    (dict(strategy="last", crop=True), 1),
+    (dict(strategy="summed", crop=True), 1),
+    (dict(strategy="progressive", crop=True), 3),
+    (dict(strategy="progressive", crop=True, crop_attention="per_layer"), 3),
+    (dict(strategy="progressive", reforward=False, crop=True, crop_attention="per_layer"), 3),
+    (dict(strategy="last", crop=True, crop_update="separate"), 2),
+    (dict(strategy="progressive", crop=True, crop_update="separate"), 6),
+    (dict(strategy="progressive", crop=True, crop_update="separate", crop_attention="per_layer"), 12),
+    (dict(strategy="last", steps_per_batch=2, crop=True, crop_update="separate"), 4),
+]
+
+
+@pytest.mark.parametrize("options,per_batch", CASES, ids=lambda v: str(v))
+def test_optimizer_steps_per_batch(tmp_path, monkeypatch, options, per_batch):
+    steps = []
+    real = strategies._apply_step
+    monkeypatch.setattr(strategies, "_apply_step", lambda *a: (steps.append(1), real(*a)))
+    train(cfg(tmp_path, **options))
+    assert len(steps) == 2 * per_batch  # limit_batches=2
+
+
+# ------------------------------------------------------------------ the joint crop step
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return create_model("vit_tiny_patch16_224", num_classes=4, img_size=16, patch_size=8, depth=4,
+                        embed_dim=32, num_heads=2)
+
+
+def batch(seed=1, n=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def assert_same_weights(a, b, atol=1e-6):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, atol=atol, rtol=1e-5, msg=k)
+
+
+STRATS = [("last", {}), ("summed", {}), ("progressive", {}), ("progressive", dict(reforward=False)),
+          ("progressive", dict(order="deep_first"))]
+
+
+@pytest.mark.parametrize("name,opts", STRATS, ids=lambda v: str(v))
+def test_joint_with_whole_image_crops_equals_duplicated_batch(name, opts):
+    a, b = tiny(), tiny()
+    oa, ob = (torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (a, b))
+    s = make_strategy(name, **opts)
+    for k in range(2):
+        x, y = batch(k)
+        ra = s.step(a, oa, x, y, crops=[x] * a.num_targets)
+        rb = s.step(b, ob, torch.cat([x, x]), torch.cat([y, y]))
+        assert ra.losses == pytest.approx(rb.losses, rel=1e-5)
+        assert ra.crop_losses == pytest.approx(rb.losses, rel=1e-5)
+    assert_same_weights(a, b)
+
+
+def test_joint_loss_is_mean_of_global_and_crop_view():
+    """Stage r's loss: 1/2 [CE(y_r(x)) + CE(y_r(crop_r))], with head r's own crop (per_layer)."""
+    m = tiny()
+    x, y = batch()
+    crops = [batch(10 + r)[0] for r in range(m.num_targets)]
+    ref = copy.deepcopy(m)
+    with torch.no_grad():
+        expected = [0.5 * (F.cross_entropy(ref(x).logits[r], y) + F.cross_entropy(ref(crops[r]).logits[r], y)).item()
+                    for r in range(m.num_targets)]
+    res = make_strategy("progressive", reforward=False).step(m, torch.optim.SGD(m.parameters(), lr=0.0), x, y,
+                                                            crops=crops)
+    assert res.losses == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["last", "summed", "progressive"])
+def test_label_smoothing_changes_the_training_loss_as_cross_entropy_does(name):
+    m = tiny()
+    with torch.no_grad():  # confident heads: near-uniform logits hide the smoothing
+        for h in m.heads:
+            h.fc2.weight.mul_(50)
+    x, y = batch()
+    with torch.no_grad():
+        logits = copy.deepcopy(m)(x).logits
+    ctx = StepContext(label_smoothing=0.2)
+    s = make_strategy(name)
+    res = s.step(m, torch.optim.SGD(m.parameters(), lr=0.0), x, y, ctx)
+    heads = s.stages(m) if name == "last" else range(m.num_targets)
+    expected = [F.cross_entropy(logits[r], y, label_smoothing=0.2).item() for r in heads]
+    plain = [F.cross_entropy(logits[r], y).item() for r in heads]
+    assert res.losses == pytest.approx(expected, rel=1e-5)
+    assert all(abs(a - b) > 1e-3 for a, b in zip(expected, plain))
+
+
+def test_train_passes_label_smoothing_to_every_training_loss(tmp_path, monkeypatch):
+    seen = []
+    real = strategies.cross_entropy
+    monkeypatch.setattr(strategies, "cross_entropy", lambda lg, y, ctx: (seen.append(ctx.label_smoothing), real(lg, y, ctx))[1])
+    train(cfg(tmp_path, label_smoothing=0.3, crop=True))
+    assert seen and set(seen) == {0.3}
+
+
+# ------------------------------------------------------------------ where the crop's attention is read
+def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, monkeypatch):
+    events = []
+    real_views, real_step = train_mod.crop_views, strategies._apply_step
+
+    def views(model, batch, x, c, *a, **k):
+        snapshot = copy.deepcopy(model)
+        crops, boxes, out = real_views(model, batch, x, c, *a, **k)
+        # the same boxes from an independent eval-mode forward of the model as it was
+        snapshot.eval()
+        with torch.no_grad():
+            ref = snapshot(x, attn_layers=crop_attention_layers(snapshot.target_layers, c.crop_attention))
+        expected = attention_boxes(ref, c.crop_attention, c.box_rule, c.threshold_scale, c.min_crop, snapshot.target_layers)
+        for b, e in zip(boxes, expected):
+            assert torch.equal(b, e)
+        events.append(("views", model.training))
+        return crops, boxes, out
+
+    real_forward = FGViT.forward
+
+    def forward(self, x, upto=None, attn_layers=None, full_attn=False):
+        if attn_layers is not None:
+            events.append(("attention forward", self.training))
+        return real_forward(self, x, upto, attn_layers, full_attn)
+
+    monkeypatch.setattr(train_mod, "crop_views", views)
+    monkeypatch.setattr(FGViT, "forward", forward)
+    monkeypatch.setattr(strategies, "_apply_step", lambda *a: (events.append(("step", None)), real_step(*a)))
+    train(cfg(tmp_path, strategy="progressive", crop=True, val_fraction=0.0, epochs=1))
+    training = [e for e in events if e[0] in ("views", "step")]
+    training = training[: training.index(("views", False))]  # then the test split is evaluated
+    # per batch: the boxes first (model back in train mode afterwards), then the R steps
+    assert training == ([("views", True)] + [("step", None)] * 3) * 2
+    # the forward that reads the attention for training runs in eval mode
+    reads = [e for e in events[: events.index(("views", True))] if e[0] == "attention forward"]
+    assert reads and all(training is False for _, training in reads)  # (fgnb's and the reference's)
+
+
+def test_crop_warmup_epochs_delays_the_crops(tmp_path, monkeypatch):
+    calls = []
+    real_views = train_mod.crop_views
+    monkeypatch.setattr(train_mod, "crop_views", lambda m, b, *a, **k: (calls.append(m.training), real_views(m, b, *a, **k))[1])
+    train(cfg(tmp_path, crop=True, crop_warmup_epochs=1, epochs=2, val_fraction=0.0))
+    # epoch 1: no training crops; epoch 2: 2 batches; every evaluation of test reads boxes too (eval mode)
+    assert calls.count(True) == 2
+
+
+# ------------------------------------------------------------------ boxes: oracle, random, margin, source
+def _first_batch(c):
+    mean, std = normalisation(c.model)
+    ds = build_data(c, mean, std)["train"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    return next(iter(loader))
+
+
+def test_oracle_crop_is_the_part_box_cut_from_the_source(tmp_path):
+    c = cfg(tmp_path, crop=True, crop_boxes="oracle")
+    b = _first_batch(c)
+    torch.manual_seed(0)
+    m = train_mod.build_model(c, 3)
+    crops, boxes, _ = crop_views(m, b, b["image"], c)
+    assert torch.equal(boxes[-1], b["part_box"])
+    from fgnb.crop import crop_and_resize, scale_boxes
+    ref = crop_and_resize(b["source"], scale_boxes(b["part_box"], (16, 16), b["source"].shape[-2:]), 16)
+    assert torch.equal(crops[0], ref) and b["source"].shape[-1] == 64  # source = 4 x input by default
+
+
+def test_random_boxes_keep_the_size_and_stay_inside():
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 2.0, 16.0, 10.0], [0.0, 0.0, 16.0, 16.0]]).repeat(50, 1)
+    r = random_boxes_like(boxes, (16, 16), g)
+    torch.testing.assert_close(r[:, 2:] - r[:, :2], boxes[:, 2:] - boxes[:, :2])
+    assert (r >= 0).all() and (r <= 16).all()
+    assert r[0::3, 0].std() > 1  # the place varies
+
+
+def test_margin_grows_the_box_and_clips():
+    b = torch.tensor([[4.0, 4.0, 8.0, 12.0], [0.0, 0.0, 4.0, 4.0]])
+    torch.testing.assert_close(expand_boxes(b, 0.5, (16, 16)), torch.tensor([[2.0, 0.0, 10.0, 16.0], [0.0, 0.0, 6.0, 6.0]]))
+
+
+def test_crop_from_source_is_the_default():
+    assert TrainConfig().crop_from == "source" and TrainConfig().crop_update == "joint"
+
+
+def test_evaluate_reports_crop_only_and_part_iou(tmp_path):
+    res = train(cfg(tmp_path, crop=True, crop_boxes="oracle"))["test"]
+    assert res["part_iou"] == pytest.approx(1.0) and res["part_hit"] == 1.0
+    assert 0 <= res["top1_crop_only"] <= 1
+
+
+# ------------------------------------------------------------------ the validation split
+def _val_paths(c):
+    mean, std = normalisation(c.model)
+    return [p for p, _ in build_data(c, mean, std)["val"].samples]
+
+
+def test_validation_split_does_not_depend_on_the_training_seed(tmp_path):
+    a = _val_paths(cfg(tmp_path, seed=0))
+    assert a == _val_paths(cfg(tmp_path, seed=7))
+    assert a != _val_paths(cfg(tmp_path, seed=0, split_seed=1))

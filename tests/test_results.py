@@ -1,0 +1,57 @@
+"""Paired statistics of the ablation (fgnb.results): equal to hand and scipy computations."""
+import math
+
+import pytest
+
+from fgnb.results import _T975, paired_differences, seeds_needed, t_quantile
+
+
+def fake(rows):
+    """An ablation results dict: rows = {variant: {seed: test top1}}; val = test - 0.01."""
+    runs = [{"variant": v, "seed": s, "test": {"top1_last": x}, "val": {"top1_last": x - 0.01}}
+            for v, by in rows.items() for s, x in by.items()]
+    return {"kind": "ablation", "variants": {v: {} for v in rows}, "runs": runs}
+
+
+def test_paired_difference_and_interval_by_hand():
+    res = fake({"last": {0: 0.50, 1: 0.40, 2: 0.45, 3: 0.47},
+                "progressive": {0: 0.52, 1: 0.43, 2: 0.44, 3: 0.50, 4: 0.99}})  # seed 4 has no pair
+    (row,) = paired_differences(res)
+    d = [2.0, 3.0, -1.0, 3.0]
+    mean = sum(d) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
+    assert row["n"] == 4 and row["seeds"] == [0, 1, 2, 3]
+    assert row["mean"] == pytest.approx(mean) and row["sd"] == pytest.approx(sd)
+    assert row["half_width"] == pytest.approx(3.182446 * sd / 2, rel=1e-5)
+    assert row["low"] < 0 < row["high"] and not row["excludes_zero"]
+    # the validation metric pairs the same way (here shifted equally: same differences)
+    assert paired_differences(res, split="val")[0]["mean"] == pytest.approx(mean)
+
+
+def test_pairing_removes_what_seeds_share():
+    """A variant one point above last on every seed: the interval is that point exactly,
+    however much the seeds themselves vary."""
+    last = {s: 0.3 + 0.05 * s for s in range(5)}
+    (row,) = paired_differences(fake({"last": last, "v": {s: x + 0.01 for s, x in last.items()}}))
+    assert row["mean"] == pytest.approx(1.0) and row["half_width"] == pytest.approx(0.0, abs=1e-9)
+    assert row["excludes_zero"]
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="no 'last' runs"):
+        paired_differences(fake({"v": {0: 0.5}}))
+    with pytest.raises(ValueError, match="split must be"):
+        paired_differences(fake({"last": {0: 0.5}}), split="train")
+
+
+def test_t_table_matches_scipy():
+    scipy_t = pytest.importorskip("scipy.stats").t
+    for df, v in _T975.items():
+        assert v == pytest.approx(scipy_t.ppf(0.975, df), abs=1e-3)
+    assert t_quantile(7) == pytest.approx(2.3646, abs=1e-4)
+
+
+def test_seeds_needed_is_the_smallest_n():
+    n = seeds_needed(2.0, 1.5)
+    assert t_quantile(n - 1) * 2.0 / math.sqrt(n) <= 1.5 < t_quantile(n - 2) * 2.0 / math.sqrt(n - 1)
+    assert n == 10  # t_8 * 2 / 3 = 1.54 > 1.5; t_9 * 2 / sqrt(10) = 1.43
