@@ -24,6 +24,11 @@ absolute times are kept as context):
    crop_and_resize) against a per-image loop (numpy product/threshold/box, PIL crop +
    resize BILINEAR), and its share of one ``progressive+crop`` training step.
 4. ``throughput``: training images/s per strategy (batch / median step time).
+5. ``epoch``: one epoch of the book's CPU set-up through ``fgnb.train.train``: the share of
+   the epoch spent waiting for data, and the validation pass against the epoch.
+
+The model is the one the book trains on the CPU (``fgnb.config.SYNTHETIC_ARCH``, timm's
+hybrid ViT) unless ``--model`` and its options say otherwise.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-STRATEGY_ITEMS = ("last", "summed", "progressive", "progressive+crop")
+STRATEGY_ITEMS = ("last", "summed", "progressive", "progressive+crop", "progressive+crop:separate")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -117,43 +122,56 @@ class TimmStep:
 
 
 class FgnbStep:
-    """One fgnb strategy step; with ``crop`` also the crop branch exactly as train() runs it."""
+    """One fgnb batch as ``fgnb.train.train`` runs it: the strategy's step(s) and, with
+    ``crop``, the boxes' eval-mode forward (``crop_views``, crops cut from a 4x source view)
+    and the joint step (``crop_update='joint'``) or the extra steps on the crops (``separate``)."""
 
-    def __init__(self, strategy, crop, model_name, num_classes, lr, device, **kw):
+    def __init__(self, strategy, crop, model_name, num_classes, lr, device, crop_update="joint", **kw):
+        from fgnb.config import TrainConfig
         from fgnb.model import create_model
         from fgnb.strategies import StepContext, make_strategy
         self.model = create_model(model_name, num_classes=num_classes, **kw).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
         self.strategy, self.crop = make_strategy(strategy), crop
         self.ctx = StepContext()
-        self.size = kw["img_size"]
+        self.cfg = TrainConfig(model=model_name, weights=None, img_size=kw["img_size"], patch_size=kw.get("patch_size"),
+                               crop=crop, crop_update=crop_update, crop_from="source")
+        self._source = None
 
     def __call__(self, x, y):
-        from fgnb.crop import attention_boxes, crop_and_resize, crop_attention_layers
+        from fgnb.train import crop_views
         m = self.model
-        layers = crop_attention_layers(m.target_layers, "last") if self.crop else None
-        _, out = self.strategy.step(m, self.opt, x, y, self.ctx, attn_layers=layers)
-        if self.crop:
-            with torch.no_grad():
-                boxes = attention_boxes(out, "last", "all", 1.0, 0, m.target_layers)[0]
-                crops = crop_and_resize(x, boxes, self.size)
-            self.strategy.step(m, self.opt, crops, y, self.ctx)
+        if not self.crop:
+            self.strategy.step(m, self.opt, x, y, self.ctx)
+            return
+        if self._source is None or self._source[0] is not x:
+            self._source = (x, F.interpolate(x, scale_factor=4, mode="bilinear"))
+        crops, _, _ = crop_views(m, {"source": self._source[1]}, x, self.cfg)
+        if self.cfg.crop_update == "joint":
+            self.strategy.step(m, self.opt, x, y, self.ctx, crops=crops)
+        else:
+            self.strategy.step(m, self.opt, x, y, self.ctx)
+            self.strategy.step(m, self.opt, crops[0], y, self.ctx)
 
 
 def make_step(item, a, device):
     kw = small_vit_kwargs(a)
     if item == "timm":
         return TimmStep(a.model, a.classes, 1e-4, device, **kw)
-    strategy, crop = item.split("+")[0], item.endswith("+crop")
-    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, **kw)
+    strategy, crop = item.split("+")[0], "+crop" in item
+    update = "separate" if item.endswith(":separate") else "joint"
+    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, crop_update=update, **kw)
 
 
 def ideal_costs(depth: int, targets: int = 3) -> dict:
     from fgnb.model import resolve_targets
     layers = resolve_targets(targets, depth)
     prog = sum(l + 1 for l in layers) / depth
-    return {"timm": 1.0, "last": 1.0, "summed": 1.0, "progressive": prog, "progressive+crop": 2 * prog,
-            "_target_layers": list(layers)}
+    # joint: every stage forwards and back-propagates 2B images (2 x prog), plus the boxes'
+    # forward of B images without backward (about 1/3 of a step); separate: a second
+    # progressive step on the crops, plus that forward.
+    return {"timm": 1.0, "last": 1.0, "summed": 1.0, "progressive": prog, "progressive+crop": 2 * prog + 1 / 3,
+            "progressive+crop:separate": 2 * prog + 1 / 3, "_target_layers": list(layers)}
 
 
 def bench_train_step(a, device, rows, res):
@@ -417,6 +435,41 @@ def bench_crop(a, device, rows, res, step_timing):
     res["crop"] = out
 
 
+# ----------------------------------------------------------------------------- 5. a default epoch
+EPOCH_ITEMS = {"last": dict(strategy="last"), "progressive+crop": dict(strategy="progressive", crop=True)}
+
+
+def bench_epoch(a, device, rows, res):
+    """Where a default training epoch goes: data loading and the validation pass.
+
+    Runs ``fgnb.train.train`` for one epoch of the book's CPU set-up (the cpu-quick profile on
+    the default synthetic set) per item and worker count, and reads the epoch's own
+    ``data_time_s`` (time the loop waited for the next batch) and ``eval_time_s`` (the
+    validation pass after the epoch) against its ``epoch_time_s`` (the training loop).
+    """
+    import tempfile
+
+    from fgnb.book import PROFILES
+    from fgnb.config import TrainConfig
+    from fgnb.train import train
+    base = {**PROFILES["cpu-quick"], "epochs": 1, "device": str(device), "progress": False}
+    if a.tiny:
+        base.update(synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=2, batch_size=4,
+                    val_fraction=0.25)
+    res["epoch"] = {}
+    for item, opts in EPOCH_ITEMS.items():
+        for workers in a.epoch_workers:
+            with tempfile.TemporaryDirectory() as tmp:
+                h = train(TrainConfig(**{**base, **opts, "workers": workers, "out": tmp}))["history"][0]
+            share = h["data_time_s"] / h["epoch_time_s"]
+            key = f"{item} [workers={workers}]"
+            res["epoch"][key] = {k: h[k] for k in ("epoch_time_s", "data_time_s", "eval_time_s", "images_per_s")}
+            rows_add(rows, "epoch", f"data share of a training epoch, {key}", ratio=share,
+                     value=h["epoch_time_s"], unit="s per epoch (goal: data share < 0.03)")
+            rows_add(rows, "epoch", f"validation pass / training epoch, {key}", ratio=h["eval_time_s"] / h["epoch_time_s"],
+                     value=h["eval_time_s"], unit="s per validation pass")
+
+
 # ----------------------------------------------------------------------------- main
 def settings(args) -> argparse.Namespace:
     a = argparse.Namespace(**vars(args))
@@ -426,6 +479,7 @@ def settings(args) -> argparse.Namespace:
         a.capture_sets = [("vit_tiny_patch16_224", [(32, 2)])]
         a.capture_kwargs = dict(patch_size=8, depth=3)
         a.crop_sets = [("train-config", 32, 8, 3, 4)]
+        a.epoch_workers = [0]
     else:
         a.capture_sets = [("vit_tiny_patch16_224", [(224, 8), (448, 2)])]
         if args.base_width:
@@ -440,20 +494,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/speed_cpu.json")
     p.add_argument("--device", default="auto", help="auto (cuda if present) or a torch device")
-    p.add_argument("--model", default="vit_tiny_patch16_224")
+    from fgnb.config import SYNTHETIC_ARCH as arch  # the model the book trains on the CPU
+    p.add_argument("--model", default=arch["model"])
     p.add_argument("--img-size", type=int, default=64)
-    p.add_argument("--patch-size", type=int, default=8)
-    p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--embed-dim", type=int, default=96, help="token width (0: the model's; default 96 as the CPU ablation)")
-    p.add_argument("--num-heads", type=int, default=3, help="attention heads (0: the model's)")
+    p.add_argument("--patch-size", type=int, default=arch["patch_size"])
+    p.add_argument("--depth", type=int, default=arch["depth"])
+    p.add_argument("--embed-dim", type=int, default=arch["embed_dim"], help="token width (0: the model's)")
+    p.add_argument("--num-heads", type=int, default=arch["num_heads"], help="attention heads (0: the model's)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--base-width", action="store_true", help="also time attention capture with ViT-B/16 (batch 1)")
-    p.add_argument("--sections", nargs="+", default=["train_step", "memory", "attn_capture", "crop"],
-                   choices=["train_step", "memory", "attn_capture", "crop"])
+    p.add_argument("--sections", nargs="+", default=["train_step", "memory", "attn_capture", "crop", "epoch"],
+                   choices=["train_step", "memory", "attn_capture", "crop", "epoch"])
+    p.add_argument("--epoch-workers", type=int, nargs="+", default=[0, 1], help="DataLoader workers timed in 'epoch'")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
     p.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -491,6 +547,8 @@ def main(argv=None) -> int:
                 bench_capture(a, device, rows, res)
         elif section == "crop":
             bench_crop(a, device, rows, res, timing)
+        elif section == "epoch":
+            bench_epoch(a, device, rows, res)
         res.setdefault("section_wall_s", {})[section] = round(time.perf_counter() - ts, 1)
     res["wall_time_s"] = round(time.perf_counter() - t0, 1)
     res["finished"] = utc_now()

@@ -493,9 +493,11 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         model.train()
         stage_losses: list[list[float]] = []
         crop_losses: list[list[float]] = []
-        t0, seen = time.perf_counter(), 0
+        t0, seen, data_s = time.perf_counter(), 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=steps_per_epoch, leave=False, disable=not show)
+        t_wait = time.perf_counter()
         for i, batch in enumerate(bar):
+            data_s += time.perf_counter() - t_wait  # waiting for the loader: decode, transform, collate
             if i >= steps_per_epoch:
                 break
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
@@ -519,6 +521,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             scheduler.step()
             seen += len(y) * dist.world_size()
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
+            t_wait = time.perf_counter()
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         mean_losses = np.mean(stage_losses, axis=0) if stage_losses else []
@@ -529,8 +532,11 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             for r, l in zip(sorted(heads), np.mean(crop_losses, axis=0)):
                 row[f"crop_loss_head{r}"] = float(l)
         row["epoch_time_s"], row["images_per_s"] = elapsed, seen / max(elapsed, 1e-9)
+        row["data_time_s"] = data_s  # of epoch_time_s (bench/speed.py reports the share)
         if "val" in eval_sets:
+            t_eval = time.perf_counter()
             row.update({f"val_{k}": v for k, v in evaluate(model, eval_sets["val"], cfg, device).items()})
+            row["eval_time_s"] = time.perf_counter() - t_eval
             score = row[f"val_top1_{cfg.select_by}"]
         else:
             score = float(epoch)  # no validation split: the latest epoch is the best
