@@ -1,4 +1,5 @@
 """The loop: resume-exactness, atomic checkpoints, NaN handling, clear errors, the CLI."""
+import importlib
 import json
 
 import pytest
@@ -38,18 +39,66 @@ def test_train_writes_run_and_metrics(tmp_path):
     t = res["test"]
     assert t["n"] == 12 and 0 <= t["top1_crop"] <= 1 and 0 <= t["iou50"] <= 1
     assert load_config(out / "config.yaml") == cfg(tmp_path, crop=True)
-    # the test split was read with the checkpoint selected on validation
-    assert t["best_epoch"] == load_checkpoint(out / "best.pt")["best_epoch"]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """What a train() call did: the epoch of every training item it loaded, the
+    optimizer / scheduler states it loaded."""
+    T = importlib.import_module("fgnb.train")  # (fgnb.train is also the function)
+
+    seen = {"items": [], "loaded": []}
+    get = T.SeededItems.__getitem__
+    monkeypatch.setattr(T.SeededItems, "__getitem__", lambda self, i: seen["items"].append(self.epoch) or get(self, i))
+    for cls, name in ((torch.optim.AdamW, "optimizer"), (torch.optim.lr_scheduler.LambdaLR, "scheduler")):
+        def load(self, state, _real=cls.load_state_dict, _name=name):
+            seen["loaded"].append(_name)
+            return _real(self, state)
+        monkeypatch.setattr(cls, "load_state_dict", load)
+    return seen
+
+
+def test_test_split_is_read_with_the_checkpoint_chosen_on_validation(tmp_path, monkeypatch, capsys):
+    T = importlib.import_module("fgnb.train")  # (fgnb.train is also the function)
+
+    real, val_scores = T.evaluate, iter([0.5, 0.9, 0.1])      # epoch 2 is the best, not the last
+
+    def scripted(model, loader, *args, **kw):
+        res = real(model, loader, *args, **kw)
+        if loader.dataset.dataset.split == "val":
+            res["top1_last"] = next(val_scores)
+        return res
+
+    monkeypatch.setattr(T, "evaluate", scripted)
+    res = train(cfg(tmp_path, epochs=3, lr=3e-3))
+    out = tmp_path / "run"
+    assert res["best_epoch"] == 2 and load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(T, "evaluate", real)
+    ev = {}
+    for name in ("best", "last"):  # each checkpoint evaluated on its own, by the CLI
+        assert cli(["evaluate", str(out / f"{name}.pt"), "--json", str(tmp_path / f"{name}.json")]) == 0
+        ev[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    capsys.readouterr()
+    assert ev["best"] != ev["last"]                            # the choice matters here
+    assert {k: res["test"][k] for k in ev["best"]} == pytest.approx(ev["best"])
 
 
 @pytest.mark.parametrize("strategy", ["progressive", "summed"])
-def test_resume_equals_uninterrupted(tmp_path, strategy):
+def test_resume_equals_uninterrupted(tmp_path, strategy, spy):
     full = train(cfg(tmp_path, "full", strategy=strategy, epochs=3, crop=strategy == "progressive"))
     part = train(cfg(tmp_path, "part", strategy=strategy, epochs=3, crop=strategy == "progressive"), stop_after_epoch=1)
     assert part["interrupted"] and len(part["history"]) == 1
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg(tmp_path, "part", strategy=strategy, epochs=3))
+    rows = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1]
+    spy["items"].clear(), spy["loaded"].clear()
     resumed = train(cfg(tmp_path, "part", strategy=strategy, epochs=3, resume=True, crop=strategy == "progressive"))
+    # the resumed process continued: it trained epochs 2 and 3 only (3 batches of 6 each),
+    # from the interrupted run's optimizer and scheduler state
+    assert spy["items"] == [1] * 18 + [2] * 18
+    assert spy["loaded"] == ["optimizer", "scheduler"]
     a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
     for k in a:
