@@ -51,6 +51,7 @@ __all__ = [
 
 INFERENCE_MODES = ("last", "mean", "crop")
 CHECKPOINT_VERSION = 1
+_CHECKPOINT_KEYS = ("version", "model", "config", "num_classes")
 # Options that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root"}
 
@@ -246,23 +247,41 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load with ``weights_only=True`` (no code runs from the file)."""
+    """Load with ``weights_only=True`` (no code runs from the file); errors name the file."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable fgnb checkpoint: {e}") from e
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not an fgnb checkpoint (no 'model'/'config' entries)")
+        raise ValueError(f"{path} is not a readable fgnb checkpoint (truncated or corrupt, or not written by "
+                         f"torch.save): {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not an fgnb checkpoint (a dict with "
+                         f"{', '.join(_CHECKPOINT_KEYS)}, written by fgnb train)")
+    if state and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is a bare state dict ({len(state)} tensors), not an fgnb checkpoint "
+                         f"(a dict with {', '.join(_CHECKPOINT_KEYS)}, written by fgnb train); to start "
+                         "from a backbone's timm weights pass the file as weights=")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is not an fgnb checkpoint: it lacks {missing} (it has {sorted(map(str, state))[:8]})")
+    version = state.get("version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} was written by a newer fgnb (checkpoint version {version!r}; this fgnb reads "
+                         f"versions up to {CHECKPOINT_VERSION}): upgrade fgnb")
+    if not isinstance(state["config"], dict) or not isinstance(state["model"], dict):
+        raise ValueError(f"{path} is not an fgnb checkpoint: 'config' and 'model' must be dicts")
     return state
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FGViT, TrainConfig, dict]:
     """Rebuild the model of a checkpoint: (model in eval mode, its config, the checkpoint)."""
     state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    try:
+        cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(e if str(path) in str(e) else f"{path}: the checkpoint's options are not valid: {e}") from None
     model = build_model(cfg.replace(pretrained=False, weights=None), state["num_classes"])
     _load_weights(model, state["model"], path)
     return model.to(device).eval(), cfg, state
@@ -275,6 +294,17 @@ def _load_weights(model: FGViT, weights: dict, path) -> None:
             f"{path}: the checkpoint's heads have {head.shape[0]} classes but the model/data set has "
             f"{model.num_classes}; use a checkpoint trained on this data set"
         )
+    own = model.state_dict()
+    show = lambda ks: f"{len(ks)} ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})"
+    missing, unexpected = [k for k in own if k not in weights], [k for k in weights if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in weights and getattr(weights[k], "shape", None) != own[k].shape]
+    problems = ([f"missing {show(missing)}"] if missing else []) + ([f"unexpected {show(unexpected)}"] if unexpected else [])
+    problems += [f"shape mismatch {show(shapes)}"] if shapes else []
+    if problems:
+        raise ValueError(f"{path}: the weights do not fit the model its options describe ({type(model.vit).__name__}, "
+                         f"depth {model.depth}, {model.num_classes} classes): " + "; ".join(problems)
+                         + ". Is it a checkpoint of another architecture, or were its weights replaced?")
     model.load_state_dict(weights)
 
 
@@ -362,8 +392,14 @@ def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
     atomic_write(out / "metrics.csv", write_csv)
 
 
-def _check_resume(cfg: TrainConfig, saved: dict, path) -> None:
-    diff = option_differences(saved, cfg.to_dict(), RESUMABLE)
+_RESUME_KEYS = ("optimizer", "scheduler", "epoch", "history", "best", "best_epoch")
+
+
+def _check_resume(cfg: TrainConfig, state: dict, path) -> None:
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} cannot be resumed: it lacks {missing} (not a last.pt written by fgnb train?)")
+    diff = option_differences(state["config"], cfg.to_dict(), RESUMABLE)
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"cannot resume {path}: options differ ({details}); use the run's own options or another --out")
@@ -418,10 +454,13 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     start_epoch, best, best_epoch = 0, -1.0, -1
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        _check_resume(cfg, state["config"], ckpt_path)
+        _check_resume(cfg, state, ckpt_path)
         _load_weights(model, state["model"], ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise ValueError(f"{ckpt_path}: its optimizer/scheduler state does not fit this run: {e}") from e
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"] + 1, state["history"]

@@ -200,6 +200,51 @@ def test_checkpoint_class_mismatch_is_explained(tmp_path):
         load_model(tmp_path / "junk.pt")
 
 
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    from fgnb.train import build_model
+
+    train(cfg(tmp_path, epochs=1))
+    good = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(good)
+
+    def bad(name, match, error=ValueError, **changes):
+        path = tmp_path / name
+        if isinstance(changes.get("raw"), bytes):
+            path.write_bytes(changes["raw"])
+        else:
+            torch.save(changes.get("whole", {**state, **changes}), path)
+        with pytest.raises(error, match=match):
+            load_model(path)
+
+    raw = good.read_bytes()
+    bad("truncated.pt", r"truncated.pt is not a readable fgnb checkpoint \(truncated or corrupt", raw=raw[: len(raw) // 2])
+    bad("empty.pt", r"empty.pt is not a readable", raw=b"")
+    deeper = build_model(cfg(tmp_path).replace(depth=4), 3).state_dict()
+    bad("deeper.pt", r"deeper.pt: the weights do not fit the model its options describe .*unexpected.*blocks\.3\.",
+        model=deeper)
+    wider = build_model(cfg(tmp_path).replace(embed_dim=64, num_heads=2), 3).state_dict()
+    bad("wider.pt", r"wider.pt: the weights do not fit .*shape.*cls_token: checkpoint \(1, 1, 64\) vs model \(1, 1, 192\)",
+        model=wider)
+    bad("bare.pt", r"bare.pt is a bare state dict \(\d+ tensors\), not an fgnb checkpoint.*weights=",
+        whole=state["model"])
+    bad("list.pt", r"list.pt holds a list, not an fgnb checkpoint", whole=[1, 2])
+    bad("nocls.pt", r"nocls.pt is not an fgnb checkpoint: it lacks \['num_classes'\]",
+        whole={k: v for k, v in state.items() if k != "num_classes"})
+    bad("future.pt", r"future.pt was written by a newer fgnb \(checkpoint version 99", version=99)
+    bad("badopt.pt", r"badopt.pt: .*lr must be > 0", error=ConfigError, config={**state["config"], "lr": -1.0})
+    bad("unknown.pt", r"unknown.pt: unknown option\(s\) \['zoom'\]", error=ConfigError, config={**state["config"], "zoom": 2})
+    # --resume reads last.pt: a damaged one is named, and so is a changed option
+    good.write_bytes(raw[:1000])
+    with pytest.raises(ValueError, match=r"last.pt is not a readable fgnb checkpoint"):
+        train(cfg(tmp_path, epochs=2, resume=True))
+    torch.save({k: v for k, v in state.items() if k != "optimizer"}, good)
+    with pytest.raises(ValueError, match=r"last.pt cannot be resumed: it lacks \['optimizer'\]"):
+        train(cfg(tmp_path, epochs=2, resume=True))
+    torch.save(state, good)
+    with pytest.raises(ConfigError, match=r"depth: checkpoint 3 vs now 4"):
+        train(cfg(tmp_path, epochs=2, depth=4, resume=True))
+
+
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "vit_base_patch16_224.orig_in21k"])
 def test_normalisation_is_the_weights_own(name):
     from fgnb.model import create_model
