@@ -55,7 +55,8 @@ def _evaluate(args) -> dict:
 
     ds = build_dataset(cfg.dataset, root=cfg.data_root, split=args.split, image_size=cfg.img_size, source_size=source,
                        mean=dc["mean"], std=dc["std"], resize_size=cfg.resize_size, val_fraction=cfg.val_fraction,
-                       seed=cfg.seed, synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None)
+                       seed=cfg.seed, on_error=cfg.on_error,
+                       synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None)
     res = evaluate(model, _eval_loader(ds, cfg), cfg, device, progress=True)
     print(json.dumps(res, indent=2))
     if args.json_out:

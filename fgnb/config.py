@@ -56,6 +56,10 @@ class TrainConfig:
     synthetic_test_per_class: int | None = opt(None, "synthetic dataset: test images per class (default: the generator's)")
     synthetic_difficulty: float | None = opt(None, "synthetic dataset: clutter/noise level, smaller is easier (default: the generator's)")
     synthetic_first_class: int | None = opt(None, "synthetic dataset: first of the 30 species in the set, from 0 (default: 0)")
+    on_error: str = opt("raise", "an unreadable image file: raise an error naming it, or skip it (the run counts and lists "
+                                 "skipped files in metrics, test_metrics.json and skipped.txt)", ("raise", "skip"))
+    verify_data: bool = opt(False, "open every image once before training, so that a bad file stops the run at once "
+                                   "(on_error=raise) or is left out (skip) instead of failing in a later epoch")
     # model
     # The defaults are the CPU profile: timm's hybrid ViT (ResNet stem of stride 4, then 2 x 2
     # patches: 8 x 8 tokens of 8 x 8 pixels at 64 px), small, pre-trained on other species.

@@ -310,9 +310,10 @@ class _DictDataset(torch.utils.data.Dataset):
         bad = [str(self.samples[i][0]) for i in sorted(errors)]
         if errors and self.on_error == "raise":
             shown = "\n  ".join(errors[i] for i in sorted(errors)[:10])
-            raise OSError(f"{len(errors)} of {len(self)} images of {type(self).__name__} "
-                          f"{getattr(self, 'split', '')!s} cannot be read (on_error='skip' leaves them "
-                          f"out):\n  {shown}" + ("\n  ..." if len(errors) > 10 else ""))
+            split = getattr(self, "split", None)
+            raise OSError(f"{len(errors)} of {len(self)} images of {type(self).__name__}"
+                          + (f" (split {split})" if split else "") + " cannot be read (on_error='skip' "
+                          f"leaves them out):\n  {shown}" + ("\n  ..." if len(errors) > 10 else ""))
         self.skipped += [p for p in bad if p not in self.skipped]
         self._keep([i for i in range(len(self)) if i not in errors])
         return bad

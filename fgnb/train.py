@@ -53,7 +53,7 @@ INFERENCE_MODES = ("last", "mean", "crop")
 CHECKPOINT_VERSION = 1
 _CHECKPOINT_KEYS = ("version", "model", "config", "num_classes")
 # Options that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root"}
+RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "verify_data"}
 
 
 # ----------------------------------------------------------------------------- devices
@@ -136,7 +136,7 @@ def build_data(cfg: TrainConfig, mean, std) -> dict[str, Any]:
     source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
     common = dict(
         root=cfg.data_root, image_size=cfg.img_size, mean=mean, std=std, resize_size=cfg.resize_size,
-        val_fraction=cfg.val_fraction, seed=cfg.seed,
+        val_fraction=cfg.val_fraction, seed=cfg.seed, on_error=cfg.on_error,
         synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None,
     )
     with dist.main_first():  # rank 0 generates the synthetic set, the others wait and read it
@@ -319,14 +319,16 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None = None, progress: bool = False) -> dict:
+def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None = None, progress: bool = False,
+             skipped: dict | None = None) -> dict:
     """Top-1 of every head and every inference mode, and localization of the attention box.
 
     Modes: ``last`` the deepest head; ``mean`` the mean of all heads' probabilities;
     ``crop`` the deepest head's probabilities averaged over the global view and a second
     pass on the attention crop. ``iou50``: share of images whose attention box has IoU
     >= 0.5 with the ground-truth object box; ``part_hit``: share whose box contains the
-    centre of the discriminative part (synthetic data).
+    centre of the discriminative part (synthetic data). ``skipped``: a dict that collects
+    (as keys) the paths of unreadable files passed over (``on_error='skip'``).
     """
     device = device or next(model.parameters()).device
     autocast, _ = autocast_for(device, cfg.amp)
@@ -338,6 +340,8 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     # part hits and parts; box area share; images.
     sums = torch.zeros(R + 8, dtype=torch.float64)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        if skipped is not None:
+            skipped.update(dict.fromkeys(passed_over(batch, loader.dataset)))
         x, y = batch["image"].to(device), batch["label"].to(device)
         with autocast():
             out = model(x, attn_layers=layers, full_attn=mode == "rollout")
@@ -365,6 +369,26 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     res["box_area"] = c[R + 6] / n
     res["n"] = int(c[R + 7])
     return res
+
+
+def passed_over(batch: dict, dataset) -> list[str]:
+    """Paths of the unreadable files the items of ``batch`` passed over (``on_error='skip'``).
+
+    Read from the batch itself, so skips made in DataLoader worker processes are seen too.
+    ``dataset``: the fgnb data set or a wrapper of it (``Subset``, :class:`SeededItems`).
+    """
+    while not hasattr(dataset, "passed_over") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    if "skipped" not in batch or not hasattr(dataset, "passed_over"):
+        return []
+    return [p for i, k in zip(batch["index"].tolist(), batch["skipped"].tolist()) if k
+            for p in dataset.passed_over(i, k)]
+
+
+def _report_skipped(out: pathlib.Path, skipped: dict) -> None:
+    """skipped.txt, rewritten atomically: one unreadable file per line (all processes' skips)."""
+    if skipped:
+        atomic_write(out / "skipped.txt", lambda tmp: pathlib.Path(tmp).write_text("".join(f"{p}\n" for p in sorted(skipped))))
 
 
 def _crop_source(batch, x, boxes, cfg: TrainConfig, device):
@@ -432,6 +456,12 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     # Data and model. The normalisation is the one the chosen timm weights expect.
     mean, std = normalisation(cfg.model)
     data = build_data(cfg, mean, std)
+    if cfg.verify_data:  # every image opened once, now, rather than a bad file ending epoch 3
+        for ds in data.values():
+            if ds is not None:
+                ds.verify(cfg.workers, progress=cfg.progress and main)
+    # Unreadable files left out or passed over (on_error=skip): path -> None, in order.
+    skipped = dict.fromkeys(p for ds in data.values() if ds is not None for p in ds.skipped)
     num_classes = data["train"].num_classes
     _seed_everything(cfg.seed)
     model = build_model(cfg, num_classes).to(device)
@@ -465,6 +495,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         best, best_epoch = state["best"], state["best_epoch"]
+        skipped.update(dict.fromkeys(state.get("skipped", [])))
         if main:
             print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}")
     if main:
@@ -484,6 +515,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch:
                 break
+            skipped.update(dict.fromkeys(passed_over(batch, data["train"])))
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
             losses, gout = strategy.step(model, optimizer, x, y, ctx, attn_layers=crop_layers,
                                          full_attn=cfg.crop and cfg.crop_attention == "rollout")
@@ -511,10 +543,13 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 row[f"crop_loss_head{r}"] = float(l)
         row["epoch_time_s"], row["images_per_s"] = elapsed, seen / max(elapsed, 1e-9)
         if "val" in eval_sets:
-            row.update({f"val_{k}": v for k, v in evaluate(model, eval_sets["val"], cfg, device).items()})
+            row.update({f"val_{k}": v for k, v in evaluate(model, eval_sets["val"], cfg, device, skipped=skipped).items()})
             score = row[f"val_top1_{cfg.select_by}"]
         else:
             score = float(epoch)  # no validation split: the latest epoch is the best
+        skipped = dist.gather_keys(skipped)
+        if cfg.on_error == "skip":
+            row["skipped_images"] = len(skipped)
         history.append(row)
         improved = score > best
         if improved:
@@ -525,23 +560,33 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 "classes": list(getattr(data["train"], "classes", [])),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
-                "history": history, "best": best, "best_epoch": best_epoch,
+                "history": history, "best": best, "best_epoch": best_epoch, "skipped": list(skipped),
             }
             if improved:
                 save_checkpoint(out / "best.pt", state)
             save_checkpoint(ckpt_path, state)
             _write_metrics(out, history)
+            _report_skipped(out, skipped)
         dist.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
-            return {"history": history, "test": None, "out": str(out), "best_epoch": best_epoch, "interrupted": True}
+            return {"history": history, "test": None, "out": str(out), "best_epoch": best_epoch, "interrupted": True,
+                    "skipped": sorted(skipped)}
 
     # The test split is read once, with the checkpoint chosen on validation.
     best_path = out / "best.pt"
     if best_path.exists():
         dist.barrier()
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    test = evaluate(model, eval_sets["test"], cfg, device)
+    test = evaluate(model, eval_sets["test"], cfg, device, skipped=skipped)
     test["best_epoch"] = best_epoch
+    skipped = dist.gather_keys(skipped)
+    if cfg.on_error == "skip":
+        test["skipped_images"] = len(skipped)
     if main:
         atomic_write(out / "test_metrics.json", lambda tmp: pathlib.Path(tmp).write_text(json.dumps(test, indent=2)))
-    return {"history": history, "test": test, "out": str(out), "best_epoch": best_epoch, "interrupted": False}
+        _report_skipped(out, skipped)
+        if skipped:
+            print(f"{len(skipped)} unreadable image{'s' * (len(skipped) > 1)} skipped (on_error=skip): "
+                  f"listed in {out / 'skipped.txt'}")
+    return {"history": history, "test": test, "out": str(out), "best_epoch": best_epoch, "interrupted": False,
+            "skipped": sorted(skipped)}

@@ -1,6 +1,7 @@
 """The loop: resume-exactness, atomic checkpoints, NaN handling, clear errors, the CLI."""
 import importlib
 import json
+import pathlib
 
 import pytest
 import torch
@@ -198,6 +199,44 @@ def test_checkpoint_class_mismatch_is_explained(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt is not a readable fgnb checkpoint"):
         load_model(tmp_path / "junk.pt")
+
+
+def _damaged_copy(tmp_path, splits=("train", "val", "test")):
+    """A copy of the tiny synthetic set (as dataset='cub') with one image of each split made unreadable."""
+    import shutil
+
+    from fgnb.data import CUBDataset
+    from fgnb.synthetic import ensure_synthetic
+
+    root = tmp_path / "cub"
+    shutil.copytree(ensure_synthetic(num_classes=3, train_per_class=8, test_per_class=4), root)
+    bad = []
+    for split in splits:
+        path = CUBDataset(root, split, val_fraction=TINY["val_fraction"]).samples[2][0]
+        pathlib.Path(path).write_bytes(b"\xff\xd8 not really a jpeg")
+        bad.append(path)
+    return root, sorted(bad)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skipped_files_are_reported_whatever_the_workers(tmp_path, workers):
+    root, bad = _damaged_copy(tmp_path)
+    res = train(cfg(tmp_path, dataset="cub", data_root=str(root), on_error="skip", workers=workers, epochs=2))
+    out = tmp_path / "run"
+    assert res["skipped"] == bad
+    assert [r["skipped_images"] for r in res["history"]] == [2, 2]        # train + val after each epoch
+    assert json.loads((out / "test_metrics.json").read_text())["skipped_images"] == 3
+    assert sorted((out / "skipped.txt").read_text().split("\n")[:-1]) == bad
+
+
+def test_verify_data_checks_every_image_before_training(tmp_path, capsys):
+    root, bad = _damaged_copy(tmp_path, ("test",))
+    with pytest.raises(OSError, match=r"(?s)1 of 12 images of CUBDataset \(split test\) cannot be read.*" + pathlib.Path(bad[0]).name):
+        train(cfg(tmp_path, "strict", dataset="cub", data_root=str(root), verify_data=True))
+    assert not (tmp_path / "strict" / "last.pt").exists()              # stopped before the first epoch
+    res = train(cfg(tmp_path, dataset="cub", data_root=str(root), on_error="skip", verify_data=True, epochs=1))
+    assert res["skipped"] == bad and res["test"]["n"] == 11 and res["test"]["skipped_images"] == 1
+    assert "1 unreadable image skipped" in capsys.readouterr().out
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
