@@ -30,8 +30,17 @@ SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embe
 
 
 def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]:
-    """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}."""
-    return {k: (saved.get(k), v) for k, v in wanted.items() if k not in ignore and saved.get(k) != v}
+    """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}.
+
+    An option missing from ``saved`` (written before the option existed) had its default.
+    """
+    defaults = {f.name: _default(f) for f in fields(TrainConfig)}
+    old = {k: saved.get(k, defaults.get(k)) for k in wanted}
+    return {k: (old[k], v) for k, v in wanted.items() if k not in ignore and old[k] != v}
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def opt(default, help: str, choices: tuple | None = None):
@@ -201,7 +210,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--option VALUE`` per field; defaults come from a ``--config`` file if given."""
     parser.add_argument("--config", help="YAML file of options; flags given on the command line win")
     for f in fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default(f)
         choices = f.metadata.get("choices")
         help_text = f.metadata["help"] + f" (default: {default!r}" + (f"; choices: {', '.join(choices)})" if choices else ")")
         parser.add_argument(
