@@ -161,7 +161,7 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)  # any valid seed
             return self.dataset[i]
 
 
