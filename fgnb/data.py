@@ -574,7 +574,8 @@ class ImageFolderDataset(_DictDataset):
             self.folders = [trees["test"]]
             self.samples = self._scan(trees["test"])
         elif "val" in trees:  # the data set's own validation split
-            self.folders = [trees["train"], trees["val"]] if split == "trainval" else [trees[split if split == "val" else "train"]]
+            names = {"train": ["train"], "val": ["val"], "trainval": ["train", "val"]}[split]
+            self.folders = [trees[n] for n in names]
             self.samples = [s for f in self.folders for s in self._scan(f)]
         else:
             self.folders = [trees["train"]]
