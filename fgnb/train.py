@@ -53,7 +53,7 @@ INFERENCE_MODES = ("last", "mean", "crop")
 CHECKPOINT_VERSION = 1
 _CHECKPOINT_KEYS = ("version", "model", "config", "num_classes")
 # Options that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "verify_data"}
+RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "verify_data", "on_error"}
 
 
 # ----------------------------------------------------------------------------- devices
