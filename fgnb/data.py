@@ -69,13 +69,13 @@ _ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
            8: Image.Transpose.ROTATE_90}
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im.copy()
-    if im.mode in _SIXTEEN_BIT:  # PIL's convert would clip every value above 255 to white
+    # 16-bit grey (PNG's "I" in older Pillow): PIL's convert would clip every value above 255 to white
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
         a = np.asarray(im).astype(np.float64)
         return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
