@@ -341,6 +341,11 @@ def test_missing_and_corrupt_files(tmp_path, syn):
     ci = [p for p, _ in ds.samples].index(corrupt)
     it = ds[ci]
     assert it["index"] == ci + 1 and ds.skipped == [missing, corrupt]
+    checked = CUBDataset(root, "trainval", on_error="skip")          # verify(): left out up front
+    assert checked.verify() == [corrupt] and checked.skipped == [missing, corrupt] and len(checked) == 28
+    where = {p: k for k, (p, _) in enumerate(full.samples)}
+    rows = [where[p] for p, _ in checked.samples]                   # ids and boxes stay aligned
+    assert checked.ids == [full.ids[k] for k in rows] and np.array_equal(checked.boxes, full.boxes[rows])
     strict = CUBDataset(root, "trainval", on_error="skip")
     strict.on_error = "raise"
     with pytest.raises(OSError, match=os.path.basename(corrupt)):
