@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -30,8 +31,17 @@ SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embe
 
 
 def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]:
-    """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}."""
-    return {k: (saved.get(k), v) for k, v in wanted.items() if k not in ignore and saved.get(k) != v}
+    """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}.
+
+    An option missing from ``saved`` (written before the option existed) had its default.
+    """
+    defaults = {f.name: _default(f) for f in fields(TrainConfig)}
+    old = {k: saved.get(k, defaults.get(k)) for k in wanted}
+    return {k: (old[k], v) for k, v in wanted.items() if k not in ignore and old[k] != v}
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def opt(default, help: str, choices: tuple | None = None):
@@ -41,6 +51,38 @@ def opt(default, help: str, choices: tuple | None = None):
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _check_type(name: str, kind: str, v) -> None:
+    """``kind``: the annotation, e.g. 'int | None', 'float', 'bool', 'str', 'int | list'."""
+    if v is None:
+        if "None" not in kind:
+            raise ConfigError(f"{name} may not be None")
+        return
+    if kind.startswith("bool"):
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name} must be true or false, got {v!r}")
+    elif kind.startswith("int"):
+        if isinstance(v, bool) or not isinstance(v, (int, list) if "list" in kind else int):
+            raise ConfigError(f"{name} must be a whole number{' or a list' if 'list' in kind else ''}, got {v!r}")
+    elif kind.startswith("float"):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{name} must be a finite number, got {v!r}")
+    elif kind.startswith("str") and not isinstance(v, str):
+        raise ConfigError(f"{name} must be a string, got {v!r}")
+
+
+#: (options, test, rule): numeric ranges (None always passes: "the default")
+_RANGES = (
+    (("img_size", "epochs", "batch_size", "source_size", "resize_size", "synthetic_classes",
+      "synthetic_train_per_class", "synthetic_test_per_class", "patch_size", "depth", "embed_dim", "num_heads",
+      "head_hidden", "limit_batches", "lr", "threshold_scale", "clip_grad", "steps_per_batch"), lambda v: v > 0, "> 0"),
+    (("synthetic_difficulty", "synthetic_first_class", "min_crop", "weight_decay", "warmup_epochs", "workers",
+      "crop_warmup_epochs"),
+     lambda v: v >= 0, ">= 0"),
+    (("val_fraction", "momentum", "label_smoothing"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("seed", "split_seed"), lambda v: 0 <= v < 2**32, "in 0..2**32-1"),
+)
 
 
 @dataclass
@@ -57,6 +99,10 @@ class TrainConfig:
     synthetic_test_per_class: int | None = opt(None, "synthetic dataset: test images per class (default: the generator's)")
     synthetic_difficulty: float | None = opt(None, "synthetic dataset: clutter/noise level, smaller is easier (default: the generator's)")
     synthetic_first_class: int | None = opt(None, "synthetic dataset: first of the 30 species in the set, from 0 (default: 0)")
+    on_error: str = opt("raise", "an unreadable image file: raise an error naming it, or skip it (the run counts and lists "
+                                 "skipped files in metrics, test_metrics.json and skipped.txt)", ("raise", "skip"))
+    verify_data: bool = opt(False, "open every image once before training, so that a bad file stops the run at once "
+                                   "(on_error=raise) or is left out (skip) instead of failing in a later epoch")
     # model
     # The defaults are the CPU profile: timm's hybrid ViT (ResNet stem of stride 4, then 2 x 2
     # patches: 8 x 8 tokens of 8 x 8 pixels at 64 px), small, pre-trained on other species.
@@ -125,23 +171,33 @@ class TrainConfig:
                 except ValueError:
                     raise ConfigError(f"{f.name}={v!r} is not a number") from None
         for f in fields(self):
+            _check_type(f.name, str(f.type), getattr(self, f.name))
+        for f in fields(self):
             choices = f.metadata.get("choices")
             v = getattr(self, f.name)
             if choices and v not in choices:
                 raise ConfigError(f"{f.name}={v!r} is not valid: choose one of {', '.join(map(str, choices))}")
-        positive = ["img_size", "epochs", "batch_size", "steps_per_batch"]
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for names, ok, rule in _RANGES:
+            for name in names:
+                v = getattr(self, name)
+                if v is not None and not ok(v):
+                    raise ConfigError(f"{name} must be {rule}, got {v!r}")
+        for name in ("data_root", "weights", "model", "out", "device"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"{name} is an empty string (use None for the default)" if name in ("data_root", "weights")
+                                  else f"{name} is an empty string")
+        if self.resize_size is not None and self.resize_size < self.img_size:
+            raise ConfigError(f"resize_size={self.resize_size} is smaller than img_size={self.img_size}: the random/centre "
+                              "crop of img_size is cut from the resized image")
         if self.patch_size is not None and self.img_size % self.patch_size:
             raise ConfigError(
                 f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}: "
                 f"use a multiple of {self.patch_size}, e.g. {self.img_size // self.patch_size * self.patch_size or self.patch_size}"
             )
+        if self.embed_dim is not None and self.num_heads is not None and self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        self._check_targets()
+        self._check_names()
         if self.pretrained and self.weights is not None:
             raise ConfigError(f"pretrained=True downloads {self.model}'s own weights and weights={self.weights!r} "
                               "loads a file: choose one (set weights to None to download)")
@@ -153,13 +209,50 @@ class TrainConfig:
                     f"weights={SYNTHETIC!r} is the pre-trained backbone of {arch}, but this config has "
                     + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
                     + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
-        if self.threshold_scale <= 0:
-            raise ConfigError(f"threshold_scale must be > 0, got {self.threshold_scale}")
         if not 0 <= self.crop_margin <= 4:
             raise ConfigError(f"crop_margin must be in [0, 4] (a share of the box's side), got {self.crop_margin}")
-        if self.crop_warmup_epochs < 0:
-            raise ConfigError(f"crop_warmup_epochs must be >= 0, got {self.crop_warmup_epochs}")
         return self
+
+    def _check_targets(self) -> None:
+        t = self.targets
+        if isinstance(t, list) and not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
+            raise ConfigError(f"targets={t!r}: a list of targets holds block indices (whole numbers)")
+        if isinstance(t, int) and t < 1:
+            raise ConfigError(f"targets={t!r}: give a count >= 1 or a list of block indices")
+        if self.depth is not None:  # otherwise the model's own depth is checked when it is built
+            from .model import resolve_targets
+
+            try:
+                resolve_targets(t, self.depth)
+            except ValueError as e:
+                raise ConfigError(f"targets={t!r} with depth={self.depth}: {e}") from None
+        elif isinstance(t, list) and (not t or len(set(t)) != len(t)):
+            raise ConfigError(f"targets={t!r}: name at least one block, each once")
+
+    def _check_names(self) -> None:
+        """The model name, the device and the synthetic species exist."""
+        from .model import _check_model_name
+
+        try:
+            _check_model_name(self.model)
+        except ValueError as e:
+            raise ConfigError(f"model={self.model!r}: {e}") from None
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError) as e:
+                raise ConfigError(f"device={self.device!r} is not a torch device (use auto, cpu, cuda, cuda:1, mps): {e}") from None
+        if self.synthetic_classes is not None or self.synthetic_first_class is not None:
+            from .synthetic import MAX_CLASSES
+
+            first = self.synthetic_first_class or 0
+            if first >= MAX_CLASSES:
+                raise ConfigError(f"synthetic_first_class must be in 0..{MAX_CLASSES - 1}, got {first}")
+            if self.synthetic_classes is not None and self.synthetic_classes > MAX_CLASSES - first:
+                raise ConfigError(f"synthetic_classes={self.synthetic_classes}: the synthetic set has {MAX_CLASSES} species, "
+                                  f"{MAX_CLASSES - first} from synthetic_first_class={first}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,7 +302,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--option VALUE`` per field; defaults come from a ``--config`` file if given."""
     parser.add_argument("--config", help="YAML file of options; flags given on the command line win")
     for f in fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default(f)
         choices = f.metadata.get("choices")
         help_text = f.metadata["help"] + f" (default: {default!r}" + (f"; choices: {', '.join(choices)})" if choices else ")")
         parser.add_argument(

@@ -8,6 +8,8 @@ Every item is a dict::
                  (NaN x 4 if unknown),
      'part_box': FloatTensor[4] discriminative-part box, same frame (NaN if unknown),
      'index':    int, the item's index in the data set,
+     'skipped':  int, unreadable items passed over to return this one
+                 (0 unless on_error='skip'),
      'source':   FloatTensor[3, S, S]  (only when the transform has
                  ``source_size``) the same geometric view at resolution S,
                  normalised like 'image'; a box in input pixels times S / H is
@@ -15,21 +17,32 @@ Every item is a dict::
 
 PyTorch's default collate stacks these into a batch.
 
-Image loading always returns RGB (grayscale, CMYK, palette and RGBA images are
-converted; transparency is composited on white). Error policy
-(``on_error``): files are checked for existence when the data set is built; a
-missing file raises ``FileNotFoundError`` naming it (``'raise'``) or is left
-out and listed in ``.skipped`` (``'skip'``). A file that exists but cannot be
-decoded raises ``OSError`` naming it at load time (``'raise'``) or, with
-``'skip'``, is recorded in ``.skipped`` and the next valid item is returned
-instead. (With DataLoader workers, load-time skips are recorded in the
-workers' copies of the data set.)
+Image loading always returns RGB, as an image viewer shows the file:
+grayscale, CMYK, palette and RGBA images are converted, transparency is
+composited on white, 16-bit grayscale is scaled (65535 -> 255, not clipped)
+and the EXIF orientation is applied. Boxes from annotation files are taken to
+be in the *stored* pixel grid (CUB-200-2011's annotations predate EXIF-aware
+viewers); when an image carries an EXIF orientation the data sets map its
+boxes through the same rotation/flip, so a box still frames the annotated
+object. Images with a side under ``MIN_IMAGE_SIDE`` pixels, files PIL cannot
+decode and images over PIL's decompression-bomb limit
+(``PIL.Image.MAX_IMAGE_PIXELS``) are unreadable.
+
+Error policy (``on_error``): files are checked for existence when the data set
+is built; a missing file raises ``FileNotFoundError`` naming it (``'raise'``)
+or is left out and listed in ``.skipped`` (``'skip'``). An unreadable file
+raises ``OSError`` naming it at load time (``'raise'``) or, with ``'skip'``,
+the next readable item is returned instead and the item's ``'skipped'`` entry
+says how many were passed over, so the process that receives the batch can
+name them (:meth:`_DictDataset.passed_over`) whatever the number of DataLoader
+workers. :meth:`_DictDataset.verify` opens every image once up front.
 """
 from __future__ import annotations
 
 import math
 import os
 import pathlib
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,7 +52,7 @@ from PIL import Image
 __all__ = [
     "load_rgb", "PairedTransform", "make_transform", "CUBDataset",
     "ImageFolderDataset", "TorchvisionDataset", "torchvision_dataset",
-    "build_dataset", "DATASET_NAMES", "stratified_split",
+    "build_dataset", "DATASET_NAMES", "stratified_split", "orient_box", "MIN_IMAGE_SIDE",
 ]
 
 DATASET_NAMES = ("synthetic", "cub", "folder", "aircraft", "flowers", "pets")
@@ -48,25 +61,74 @@ _NAN4 = (float("nan"),) * 4
 
 
 # --- images ------------------------------------------------------------------
+#: images with a side shorter than this are unreadable (tracking pixels, placeholders)
+MIN_IMAGE_SIDE = 2
+_EXIF_ORIENTATION = 0x0112
+#: EXIF orientation -> the transpose that turns the stored pixels into the shown image
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im.copy()
+    # 16-bit grey (PNG's "I" in older Pillow): PIL's convert would clip every value above 255 to white
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        a = np.asarray(im).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    return im.convert("RGB")
+
+
 def load_rgb(path) -> Image.Image:
-    """Open ``path`` as an RGB PIL image; errors name the file."""
+    """Open ``path`` as an RGB PIL image, as a viewer shows it; errors name the file.
+
+    The EXIF orientation is applied and recorded in ``image.info['orientation']``
+    (1: none; see :func:`orient_box`).
+    """
     path = os.fspath(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "RGB":
-                return im.copy()
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            if im.mode in ("RGBA", "LA", "PA"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                return Image.alpha_composite(bg, im).convert("RGB")
-            return im.convert("RGB")
+        with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS is an error, not a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                rgb = _to_rgb(im)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
-        raise OSError(f"cannot read image file {path}: {e}") from e
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, DecompressionBomb...
+        hint = (f" (PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}; raise it if the file is genuine)"
+                if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)) else "")
+        raise OSError(f"cannot read image file {path}: {e}{hint}") from e
+    if min(rgb.size) < MIN_IMAGE_SIDE:
+        raise OSError(f"image file {path} is {rgb.width}x{rgb.height} pixels: too small to be a photo "
+                      f"(fgnb.data.MIN_IMAGE_SIDE={MIN_IMAGE_SIDE})")
+    if orientation in _ORIENT:
+        rgb = rgb.transpose(_ORIENT[orientation])
+    else:
+        orientation = 1
+    rgb.info["orientation"] = orientation
+    return rgb
+
+
+def orient_box(box, orientation: int, width: int, height: int):
+    """Map an xyxy box from the stored pixel grid (``width`` x ``height``) into the
+    image shown after applying EXIF ``orientation`` (what :func:`load_rgb` returns)."""
+    if box is None or orientation not in _ORIENT or any(math.isnan(v) for v in box):
+        return box
+    W, H = float(width), float(height)
+    point = {2: lambda x, y: (W - x, y), 3: lambda x, y: (W - x, H - y), 4: lambda x, y: (x, H - y),
+             5: lambda x, y: (y, x), 6: lambda x, y: (H - y, x), 7: lambda x, y: (H - y, W - x),
+             8: lambda x, y: (y, W - x)}[orientation]
+    (ax, ay), (bx, by) = point(box[0], box[1]), point(box[2], box[3])
+    return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
 
 
 def _xywh_to_xyxy(b):
@@ -210,8 +272,8 @@ class _DictDataset(torch.utils.data.Dataset):
         self.on_error = on_error
         self.skipped: list[str] = []
 
-    def _drop_missing(self, keep_arrays=()):
-        """Check files exist; drop (skip) or raise. Filters parallel arrays too."""
+    def _drop_missing(self):
+        """Check files exist; drop (skip) or raise."""
         ok = []
         for i, (p, _) in enumerate(self.samples):
             if os.path.isfile(p):
@@ -221,12 +283,46 @@ class _DictDataset(torch.utils.data.Dataset):
                                         "to leave missing files out)")
             else:
                 self.skipped.append(str(p))
-        if len(ok) != len(self.samples):
-            self.samples = [self.samples[i] for i in ok]
-            for name in keep_arrays:
-                arr = getattr(self, name, None)
-                if arr is not None:
-                    setattr(self, name, arr[ok])
+        self._keep(ok)
+
+    #: per-sample attributes that :meth:`_keep` filters along with ``samples``
+    _PARALLEL = ("boxes", "part_boxes", "ids", "indices")
+
+    def _keep(self, ok: list[int]) -> None:
+        if len(ok) == len(self.samples):
+            return
+        self.samples = [self.samples[i] for i in ok]
+        for name in self._PARALLEL:
+            arr = getattr(self, name, None)
+            if isinstance(arr, np.ndarray):
+                setattr(self, name, arr[ok])
+            elif isinstance(arr, list):
+                setattr(self, name, [arr[i] for i in ok])
+
+    def verify(self, workers: int = 0, progress: bool = False) -> list[str]:
+        """Open every image once. ``'raise'``: an ``OSError`` names every unreadable
+        file; ``'skip'``: they are left out, added to ``.skipped`` and returned."""
+        from tqdm.auto import tqdm
+
+        loader = torch.utils.data.DataLoader(_Probe(self), batch_size=None, num_workers=workers)
+        errors = {i: e for i, e in tqdm(loader, total=len(self), desc="verify data",
+                                        disable=not progress) if e}
+        bad = [str(self.samples[i][0]) for i in sorted(errors)]
+        if errors and self.on_error == "raise":
+            shown = "\n  ".join(errors[i] for i in sorted(errors)[:10])
+            split = getattr(self, "split", None)
+            raise OSError(f"{len(errors)} of {len(self)} images of {type(self).__name__}"
+                          + (f" (split {split})" if split else "") + " cannot be read (on_error='skip' "
+                          f"leaves them out):\n  {shown}" + ("\n  ..." if len(errors) > 10 else ""))
+        self.skipped += [p for p in bad if p not in self.skipped]
+        self._keep([i for i in range(len(self)) if i not in errors])
+        return bad
+
+    def passed_over(self, index: int, count: int) -> list[str]:
+        """Paths of the ``count`` unreadable items passed over to return item ``index``
+        (its ``'index'`` and ``'skipped'`` entries)."""
+        n = len(self)
+        return [str(self.samples[(index - k) % n][0]) for k in range(count, 0, -1)]
 
     @property
     def num_classes(self) -> int:
@@ -249,8 +345,12 @@ class _DictDataset(torch.utils.data.Dataset):
     def _load(self, i):
         return load_rgb(self.samples[i][0])
 
-    def _item(self, i, img):
+    def _item(self, i, img, skipped=0):
         boxes = self._boxes_for(i)
+        o = img.info.get("orientation", 1)
+        if o != 1:  # boxes are in the stored grid; the image was turned as the EXIF says
+            w, h = (img.height, img.width) if o in (5, 6, 7, 8) else img.size
+            boxes = {k: orient_box(b, o, w, h) for k, b in boxes.items()}
         label = torch.tensor(self.samples[i][1], dtype=torch.int64)
         if self.transform is None:
             t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -261,6 +361,7 @@ class _DictDataset(torch.utils.data.Dataset):
             item = self.transform(img, boxes)
         item["label"] = label
         item["index"] = i
+        item["skipped"] = skipped
         return item
 
     def __getitem__(self, index: int) -> dict:
@@ -279,9 +380,26 @@ class _DictDataset(torch.utils.data.Dataset):
                 if p not in self.skipped:
                     self.skipped.append(p)
                 continue
-            return self._item(i, img)
+            return self._item(i, img, k)
         raise RuntimeError(f"no readable image left in {type(self).__name__}; "
                            f"skipped: {self.skipped[:5]}...")
+
+
+class _Probe(torch.utils.data.Dataset):
+    """(index, error message or '') for every sample of a data set: :meth:`_DictDataset.verify`."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        try:
+            self.ds._load(i)
+        except OSError as e:
+            return i, str(e)
+        return i, ""
 
 
 # --- CUB-200-2011 layout (real CUB and the synthetic set) --------------------
@@ -372,40 +490,117 @@ class CUBDataset(_DictDataset):
                              for i in self.ids], dtype=np.float64).reshape(-1, 4)
         self.boxes = boxes("bounding_boxes.txt")
         self.part_boxes = boxes("part_boxes.txt")
-        before = list(self.ids)
-        self._drop_missing(keep_arrays=("boxes", "part_boxes"))
-        if len(before) != len(self.samples):
-            kept = {p for p, _ in self.samples}
-            self.ids = [i for i in before if str(self.root / "images" / images[i][0]) in kept]
+        self._drop_missing()
 
 
 # --- class-per-folder trees --------------------------------------------------
-class ImageFolderDataset(_DictDataset):
-    """``root/<class>/<image>`` trees (Stanford Dogs, exported NABirds, ...).
+#: a flat ``root/<class>/<image>`` tree: share of each class held out as the test split,
+#: chosen with this fixed seed (the same test images for every run, whatever its seed)
+FOLDER_TEST_FRACTION, FOLDER_TEST_SEED = 0.2, 0
+_FOLDER_LAYOUT = ("expected ROOT/train/<class>/<images> and ROOT/test/<class>/<images> (optionally "
+                  "ROOT/val/<class>/<images>), or one ROOT/<class>/<images> tree that fgnb splits into "
+                  f"train and test ({FOLDER_TEST_FRACTION:.0%} of each class, fixed seed {FOLDER_TEST_SEED})")
 
-    If ``split`` is given and ``root/split`` is a folder, that folder is read.
-    Classes are the sorted sub-folder names. Boxes are unknown (NaN).
+
+class ImageFolderDataset(_DictDataset):
+    """Class-per-folder trees (Stanford Dogs, exported NABirds, ...). Boxes are unknown (NaN).
+
+    Two layouts. *Split*: ``root/train/<class>/<image>`` and ``root/test/<class>/...``
+    (and optionally ``root/val/...``); the class folders must be the same in each.
+    *Flat*: one ``root/<class>/<image>`` tree; ``test_fraction`` of each class is the
+    test split, chosen with the fixed seed ``FOLDER_TEST_SEED``. In both, ``split``:
+    'train' (train minus val), 'val' (``val_fraction`` of each class of train, chosen
+    with ``seed``, as :class:`CUBDataset`; ``root/val`` when it exists), 'trainval'
+    (all of train, plus ``root/val``) or 'test'; ``None`` (flat trees only): every
+    image. Classes are the sorted class-folder names.
     """
 
+    SPLITS = ("train", "val", "trainval", "test")
+
     def __init__(self, root, split: str | None = None, transform: Callable | None = None,
-                 on_error: str = "raise", extensions: Sequence[str] = IMG_EXTENSIONS):
+                 on_error: str = "raise", extensions: Sequence[str] = IMG_EXTENSIONS,
+                 val_fraction: float = 0.1, seed: int = 0,
+                 test_fraction: float = FOLDER_TEST_FRACTION):
+        if split is not None and split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
         root = pathlib.Path(root).expanduser()
-        if split and (root / split).is_dir():
-            root = root / split
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {root} "
-                                    "(expected ROOT/<class_name>/<image files>)")
+            raise FileNotFoundError(f"image folder not found: {root}; {_FOLDER_LAYOUT}")
         self.root, self.split, self.transform = root, split, transform
         self._check_on_error(on_error)
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        if not self.classes:
-            raise FileNotFoundError(f"no class folders in {root} "
-                                    "(expected ROOT/<class_name>/<image files>)")
-        ext = tuple(e.lower() for e in extensions)
-        self.samples = [(str(p), c) for c, name in enumerate(self.classes)
-                        for p in sorted((root / name).rglob("*"))
-                        if p.is_file() and p.suffix.lower() in ext]
+        self.extensions = tuple(e.lower() for e in extensions)
+        if (root / "train").is_dir():
+            self._split_layout(split, val_fraction, seed)
+        else:
+            for name in ("val", "test"):
+                if (root / name).is_dir():
+                    raise ValueError(f"{root} has {name}/ but no train/ folder; {_FOLDER_LAYOUT}")
+            self._flat_layout(split, val_fraction, seed, test_fraction)
+        if not self.samples:
+            raise ValueError(f"no image files ({', '.join(self.extensions)}) for split {split!r} "
+                             f"in {', '.join(map(str, self.folders))}; {_FOLDER_LAYOUT}")
         self.boxes = self.part_boxes = None
+        self._drop_missing()
+
+    def _class_dirs(self, folder: pathlib.Path) -> list[str]:
+        names = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        if not names:
+            raise ValueError(f"no class folders in {folder}; {_FOLDER_LAYOUT}")
+        return names
+
+    def _scan(self, folder: pathlib.Path) -> list[tuple[str, int]]:
+        return [(str(p), c) for c, name in enumerate(self.classes)
+                for p in sorted((folder / name).rglob("*"))
+                if p.is_file() and p.suffix.lower() in self.extensions]
+
+    def _split_layout(self, split, val_fraction, seed):
+        if split is None:
+            raise ValueError(f"{self.root} holds train/ (and test/) folders: give split, one of {self.SPLITS}")
+        trees = {n: self.root / n for n in ("train", "val", "test") if (self.root / n).is_dir()}
+        self.classes = self._class_dirs(trees["train"])
+        for name, folder in trees.items():
+            other = self._class_dirs(folder)
+            if other != self.classes:
+                only_train = sorted(set(self.classes) - set(other))
+                only_here = sorted(set(other) - set(self.classes))
+                raise ValueError(
+                    f"the class folders of {folder} differ from those of {trees['train']}: "
+                    + "; ".join(m for m in (f"only in train: {only_train}" if only_train else "",
+                                            f"only in {name}: {only_here}" if only_here else "") if m)
+                    + " (every split needs the same classes)")
+        if split == "test":
+            if "test" not in trees:
+                raise FileNotFoundError(f"no test folder {self.root / 'test'}; {_FOLDER_LAYOUT}")
+            self.folders = [trees["test"]]
+            self.samples = self._scan(trees["test"])
+        elif "val" in trees:  # the data set's own validation split
+            names = {"train": ["train"], "val": ["val"], "trainval": ["train", "val"]}[split]
+            self.folders = [trees[n] for n in names]
+            self.samples = [s for f in self.folders for s in self._scan(f)]
+        else:
+            self.folders = [trees["train"]]
+            self.samples = self._carve(self._scan(trees["train"]), split, val_fraction, seed)
+
+    def _flat_layout(self, split, val_fraction, seed, test_fraction):
+        self.classes = self._class_dirs(self.root)
+        self.folders = [self.root]
+        samples = self._scan(self.root)
+        if split is None:
+            self.samples = samples
+            return
+        test = stratified_split([l for _, l in samples], test_fraction, FOLDER_TEST_SEED)
+        if split == "test":
+            self.samples = [s for s, t in zip(samples, test) if t]
+        else:
+            self.samples = self._carve([s for s, t in zip(samples, test) if not t], split, val_fraction, seed)
+
+    @staticmethod
+    def _carve(samples, split, val_fraction, seed):
+        """'train' / 'val' / 'trainval' out of a train list, as :class:`CUBDataset` does."""
+        if split == "trainval":
+            return samples
+        val = stratified_split([l for _, l in samples], val_fraction, seed)
+        return [s for s, v in zip(samples, val) if v == (split == "val")]
 
 
 # --- torchvision's fine-grained sets -----------------------------------------
@@ -505,5 +700,5 @@ def build_dataset(name: str = "synthetic", root=None, split: str = "train",
     if root is None:
         raise ValueError(f"data set {name!r} needs root=")
     if name == "folder":
-        return ImageFolderDataset(root, split, tf, on_error)
+        return ImageFolderDataset(root, split, tf, on_error, val_fraction=val_fraction, seed=seed)
     return torchvision_dataset(name, root, split, tf, download, val_fraction, seed, on_error)

@@ -20,7 +20,7 @@ import torch.distributed as td
 
 __all__ = [
     "is_distributed", "rank", "world_size", "local_rank", "is_main", "init_from_env", "shutdown",
-    "barrier", "main_first", "all_reduce_sum", "sync_gradients", "broadcast_parameters",
+    "barrier", "main_first", "all_reduce_sum", "sync_gradients", "broadcast_parameters", "gather_keys",
 ]
 
 
@@ -111,3 +111,12 @@ def broadcast_parameters(model: torch.nn.Module) -> None:
         return
     for t in list(model.parameters()) + list(model.buffers()):
         td.broadcast(t.data, src=0)
+
+
+def gather_keys(keys: dict) -> dict:
+    """The union, in every process, of each process's ``keys`` (a dict used as an ordered set)."""
+    if not is_distributed():
+        return keys
+    parts: list = [None] * world_size()
+    td.all_gather_object(parts, list(keys))
+    return dict.fromkeys(k for part in parts for k in part)

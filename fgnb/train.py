@@ -53,8 +53,9 @@ __all__ = [
 
 INFERENCE_MODES = ("last", "mean", "crop", "crop_only")
 CHECKPOINT_VERSION = 1
+_CHECKPOINT_KEYS = ("version", "model", "config", "num_classes")
 # Options that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root"}
+RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "verify_data", "on_error"}
 
 
 # ----------------------------------------------------------------------------- devices
@@ -141,7 +142,7 @@ def dataset_for(cfg: TrainConfig, split: str, mean, std):
     source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
     return build_dataset(
         cfg.dataset, split=split, root=cfg.data_root, image_size=cfg.img_size, source_size=source, mean=mean, std=std,
-        resize_size=cfg.resize_size, val_fraction=cfg.val_fraction, seed=cfg.split_seed,
+        resize_size=cfg.resize_size, val_fraction=cfg.val_fraction, seed=cfg.split_seed, on_error=cfg.on_error,
         synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None,
     )
 
@@ -169,7 +170,7 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)  # any valid seed
             return self.dataset[i]
 
 
@@ -255,23 +256,41 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load with ``weights_only=True`` (no code runs from the file)."""
+    """Load with ``weights_only=True`` (no code runs from the file); errors name the file."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable fgnb checkpoint: {e}") from e
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not an fgnb checkpoint (no 'model'/'config' entries)")
+        raise ValueError(f"{path} is not a readable fgnb checkpoint (truncated or corrupt, or not written by "
+                         f"torch.save): {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not an fgnb checkpoint (a dict with "
+                         f"{', '.join(_CHECKPOINT_KEYS)}, written by fgnb train)")
+    if state and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is a bare state dict ({len(state)} tensors), not an fgnb checkpoint "
+                         f"(a dict with {', '.join(_CHECKPOINT_KEYS)}, written by fgnb train); to start "
+                         "from a backbone's timm weights pass the file as weights=")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is not an fgnb checkpoint: it lacks {missing} (it has {sorted(map(str, state))[:8]})")
+    version = state.get("version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} was written by a newer fgnb (checkpoint version {version!r}; this fgnb reads "
+                         f"versions up to {CHECKPOINT_VERSION}): upgrade fgnb")
+    if not isinstance(state["config"], dict) or not isinstance(state["model"], dict):
+        raise ValueError(f"{path} is not an fgnb checkpoint: 'config' and 'model' must be dicts")
     return state
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FGViT, TrainConfig, dict]:
     """Rebuild the model of a checkpoint: (model in eval mode, its config, the checkpoint)."""
     state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    try:
+        cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(e if str(path) in str(e) else f"{path}: the checkpoint's options are not valid: {e}") from None
     model = build_model(cfg.replace(pretrained=False, weights=None), state["num_classes"])
     _load_weights(model, state["model"], path)
     return model.to(device).eval(), cfg, state
@@ -284,6 +303,17 @@ def _load_weights(model: FGViT, weights: dict, path) -> None:
             f"{path}: the checkpoint's heads have {head.shape[0]} classes but the model/data set has "
             f"{model.num_classes}; use a checkpoint trained on this data set"
         )
+    own = model.state_dict()
+    show = lambda ks: f"{len(ks)} ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})"
+    missing, unexpected = [k for k in own if k not in weights], [k for k in weights if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in weights and getattr(weights[k], "shape", None) != own[k].shape]
+    problems = ([f"missing {show(missing)}"] if missing else []) + ([f"unexpected {show(unexpected)}"] if unexpected else [])
+    problems += [f"shape mismatch {show(shapes)}"] if shapes else []
+    if problems:
+        raise ValueError(f"{path}: the weights do not fit the model its options describe ({type(model.vit).__name__}, "
+                         f"depth {model.depth}, {model.num_classes} classes): " + "; ".join(problems)
+                         + ". Is it a checkpoint of another architecture, or were its weights replaced?")
     model.load_state_dict(weights)
 
 
@@ -336,7 +366,8 @@ def crop_views(model: FGViT, batch: dict, x: torch.Tensor, cfg: TrainConfig, aut
 
 
 @torch.no_grad()
-def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None = None, progress: bool = False) -> dict:
+def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None = None, progress: bool = False,
+             skipped: dict | None = None) -> dict:
     """Top-1 of every head and every inference mode, and localization of the crop box.
 
     Modes: ``last`` the deepest head; ``mean`` the mean of all heads' probabilities;
@@ -346,6 +377,8 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     box has IoU >= 0.5 with the ground-truth object box; ``part_hit``: share whose box
     contains the centre of the discriminative part; ``part_iou``: mean IoU of the box with
     the part box (synthetic data); ``box_area``: mean share of the image the box covers.
+    ``skipped``: a dict that collects (as keys) the paths of unreadable files passed over
+    (``on_error='skip'``).
     """
     device = device or next(model.parameters()).device
     autocast, _ = autocast_for(device, cfg.amp)
@@ -357,6 +390,8 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     # part hits and parts; part IoU; box area share; images.
     sums = torch.zeros(R + 10, dtype=torch.float64)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        if skipped is not None:
+            skipped.update(dict.fromkeys(passed_over(batch, loader.dataset)))
         x, y = batch["image"].to(device), batch["label"].to(device)
         crops, all_boxes, out = crop_views(model, batch, x, cfg, autocast, gen)
         boxes = all_boxes[-1]
@@ -388,6 +423,26 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     return res
 
 
+def passed_over(batch: dict, dataset) -> list[str]:
+    """Paths of the unreadable files the items of ``batch`` passed over (``on_error='skip'``).
+
+    Read from the batch itself, so skips made in DataLoader worker processes are seen too.
+    ``dataset``: the fgnb data set or a wrapper of it (``Subset``, :class:`SeededItems`).
+    """
+    while not hasattr(dataset, "passed_over") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    if "skipped" not in batch or not hasattr(dataset, "passed_over"):
+        return []
+    return [p for i, k in zip(batch["index"].tolist(), batch["skipped"].tolist()) if k
+            for p in dataset.passed_over(i, k)]
+
+
+def _report_skipped(out: pathlib.Path, skipped: dict) -> None:
+    """skipped.txt, rewritten atomically: one unreadable file per line (all processes' skips)."""
+    if skipped:
+        atomic_write(out / "skipped.txt", lambda tmp: pathlib.Path(tmp).write_text("".join(f"{p}\n" for p in sorted(skipped))))
+
+
 def _crop_source(batch, x, boxes, cfg: TrainConfig, device):
     """Image to cut the crop from, and the box in its pixels."""
     if cfg.crop_from == "source":
@@ -415,8 +470,14 @@ def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
     atomic_write(out / "metrics.csv", write_csv)
 
 
-def _check_resume(cfg: TrainConfig, saved: dict, path) -> None:
-    diff = option_differences(saved, cfg.to_dict(), RESUMABLE)
+_RESUME_KEYS = ("optimizer", "scheduler", "epoch", "history", "best", "best_epoch")
+
+
+def _check_resume(cfg: TrainConfig, state: dict, path) -> None:
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} cannot be resumed: it lacks {missing} (not a last.pt written by fgnb train?)")
+    diff = option_differences(state["config"], cfg.to_dict(), RESUMABLE)
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"cannot resume {path}: options differ ({details}); use the run's own options or another --out")
@@ -449,6 +510,12 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     # Data and model. The normalisation is the one the chosen timm weights expect.
     mean, std = normalisation(cfg.model)
     data = build_data(cfg, mean, std)
+    if cfg.verify_data:  # every image opened once, now, rather than a bad file ending epoch 3
+        for ds in data.values():
+            if ds is not None:
+                ds.verify(cfg.workers, progress=cfg.progress and main)
+    # Unreadable files left out or passed over (on_error=skip): path -> None, in order.
+    skipped = dict.fromkeys(p for ds in data.values() if ds is not None for p in ds.skipped)
     num_classes = data["train"].num_classes
     _seed_everything(cfg.seed)
     model = build_model(cfg, num_classes).to(device)
@@ -471,14 +538,18 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     start_epoch, best, best_epoch = 0, -1.0, -1
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        _check_resume(cfg, state["config"], ckpt_path)
+        _check_resume(cfg, state, ckpt_path)
         _load_weights(model, state["model"], ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise ValueError(f"{ckpt_path}: its optimizer/scheduler state does not fit this run: {e}") from e
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         best, best_epoch = state["best"], state["best_epoch"]
+        skipped.update(dict.fromkeys(state.get("skipped", [])))
         if main:
             print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}")
     if main:
@@ -500,6 +571,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             data_s += time.perf_counter() - t_wait  # waiting for the loader: decode, transform, collate
             if i >= steps_per_epoch:
                 break
+            skipped.update(dict.fromkeys(passed_over(batch, data["train"])))
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
             crops = None
             if cfg.crop and epoch >= cfg.crop_warmup_epochs:
@@ -535,11 +607,14 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         row["data_time_s"] = data_s  # of epoch_time_s (bench/speed.py reports the share)
         if "val" in eval_sets:
             t_eval = time.perf_counter()
-            row.update({f"val_{k}": v for k, v in evaluate(model, eval_sets["val"], cfg, device).items()})
+            row.update({f"val_{k}": v for k, v in evaluate(model, eval_sets["val"], cfg, device, skipped=skipped).items()})
             row["eval_time_s"] = time.perf_counter() - t_eval
             score = row[f"val_top1_{cfg.select_by}"]
         else:
             score = float(epoch)  # no validation split: the latest epoch is the best
+        skipped = dist.gather_keys(skipped)
+        if cfg.on_error == "skip":
+            row["skipped_images"] = len(skipped)
         history.append(row)
         improved = score > best
         if improved:
@@ -550,23 +625,33 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 "classes": list(getattr(data["train"], "classes", [])),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
-                "history": history, "best": best, "best_epoch": best_epoch,
+                "history": history, "best": best, "best_epoch": best_epoch, "skipped": list(skipped),
             }
             if improved:
                 save_checkpoint(out / "best.pt", state)
             save_checkpoint(ckpt_path, state)
             _write_metrics(out, history)
+            _report_skipped(out, skipped)
         dist.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
-            return {"history": history, "test": None, "out": str(out), "best_epoch": best_epoch, "interrupted": True}
+            return {"history": history, "test": None, "out": str(out), "best_epoch": best_epoch, "interrupted": True,
+                    "skipped": sorted(skipped)}
 
     # The test split is read once, with the checkpoint chosen on validation.
     best_path = out / "best.pt"
     if best_path.exists():
         dist.barrier()
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    test = evaluate(model, eval_sets["test"], cfg, device)
+    test = evaluate(model, eval_sets["test"], cfg, device, skipped=skipped)
     test["best_epoch"] = best_epoch
+    skipped = dist.gather_keys(skipped)
+    if cfg.on_error == "skip":
+        test["skipped_images"] = len(skipped)
     if main:
         atomic_write(out / "test_metrics.json", lambda tmp: pathlib.Path(tmp).write_text(json.dumps(test, indent=2)))
-    return {"history": history, "test": test, "out": str(out), "best_epoch": best_epoch, "interrupted": False}
+        _report_skipped(out, skipped)
+        if skipped:
+            print(f"{len(skipped)} unreadable image{'s' * (len(skipped) > 1)} skipped (on_error=skip): "
+                  f"listed in {out / 'skipped.txt'}")
+    return {"history": history, "test": test, "out": str(out), "best_epoch": best_epoch, "interrupted": False,
+            "skipped": sorted(skipped)}

@@ -1,5 +1,6 @@
 """Loaders and box-aware transforms: items, boxes, RGB, errors, splits."""
 import math
+import pathlib
 import shutil
 
 import numpy as np
@@ -115,6 +116,152 @@ def test_load_rgb_alpha_on_white(tmp_path):
     assert np.asarray(load_rgb(tmp_path / "t.png")).min() == 255
 
 
+def _rgb(path):
+    return np.asarray(load_rgb(path)).astype(int)
+
+
+def test_load_rgb_cmyk_jpeg_values(tmp_path):
+    inks = [(255, 0, 0, 0), (0, 255, 0, 0), (0, 0, 0, 128), (0, 0, 0, 0), (0, 0, 0, 255)]
+    want = [(0, 255, 255), (255, 0, 255), (127, 127, 127), (255, 255, 255), (0, 0, 0)]
+    im = Image.new("CMYK", (16 * len(inks), 16))
+    for k, ink in enumerate(inks):  # 16 x 16 blocks: whole JPEG blocks, little ringing
+        im.paste(ink, (16 * k, 0, 16 * k + 16, 16))
+    im.save(tmp_path / "cmyk.jpg", quality=95)
+    px = _rgb(tmp_path / "cmyk.jpg")
+    for k, w in enumerate(want):
+        assert np.abs(px[4:12, 16 * k + 4:16 * k + 12] - w).max() <= 6, (inks[k], px[8, 16 * k + 8])
+
+
+def test_load_rgb_16bit_grey_is_scaled_not_clipped(tmp_path):
+    v = np.array([[0, 257 * 10, 257 * 128, 1000, 65535, 40000]] * 2, np.uint16)
+    Image.fromarray(v).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    px = _rgb(tmp_path / "g16.png")
+    assert px[0].tolist() == [[g] * 3 for g in (0, 10, 128, 4, 255, 156)]  # round(v / 257)
+
+
+def test_load_rgb_palette_transparency_and_la(tmp_path):
+    pal = Image.new("P", (3, 2))
+    pal.putpalette([0, 0, 0, 200, 30, 40, 0, 0, 255] + [0] * 759)
+    pal.putdata([0, 1, 2, 0, 1, 2])
+    pal.info["transparency"] = bytes([0, 255, 128])  # index 0 clear, 1 opaque, 2 half
+    pal.save(tmp_path / "p.png", transparency=bytes([0, 255, 128]))
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    px = _rgb(tmp_path / "p.png")
+    assert px[0, 0].tolist() == [255, 255, 255] and px[0, 1].tolist() == [200, 30, 40]
+    assert np.abs(px[0, 2] - [127, 127, 255]).max() <= 1               # half blue on white
+    la = Image.fromarray(np.array([[[0, 128], [200, 255], [90, 0]]] * 2, np.uint8), "LA")
+    la.save(tmp_path / "la.png")
+    px = _rgb(tmp_path / "la.png")
+    assert np.abs(px[0, 0] - 127).max() <= 1 and px[0, 1].tolist() == [200] * 3 and px[0, 2].tolist() == [255] * 3
+
+
+_TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+         8: Image.Transpose.ROTATE_90}
+
+
+def _mini_cub(root, images):
+    """A CUB-layout folder of ``images`` [(PIL image, xywh box, exif orientation)], all in test."""
+    (root / "images" / "001.A").mkdir(parents=True)
+    rows = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "bounding_boxes.txt": []}
+    for k, (im, box, orientation) in enumerate(images, 1):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        im.save(root / "images" / "001.A" / f"{k}.jpg", quality=95, exif=exif)
+        rows["images.txt"].append(f"{k} 001.A/{k}.jpg")
+        rows["image_class_labels.txt"].append(f"{k} 1")
+        rows["train_test_split.txt"].append(f"{k} 0")
+        rows["bounding_boxes.txt"].append(f"{k} " + " ".join(map(str, box)))
+    rows["classes.txt"] = ["1 001.A"]
+    for name, lines in rows.items():
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _red_bbox(chw):
+    ys, xs = np.nonzero(chw[0].numpy() - chw[1].numpy() > 0.4)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_turns_image_and_boxes(tmp_path, orientation):
+    """The stored pixels have a red object at the annotated box; a viewer shows the
+    image turned as the EXIF says; the item's box frames the red object there."""
+    box = (8, 16, 24, 16)                       # xywh in the stored grid (64 x 40)
+    stored = _rect_image(64, 40, (8, 16, 32, 32))
+    root = _mini_cub(tmp_path / "cub", [(stored, box, orientation)])
+    shown = stored.transpose(_TURN[orientation]) if orientation > 1 else stored
+    img = load_rgb(root / "images" / "001.A" / "1.jpg")
+    assert img.size == shown.size and np.abs(np.asarray(img).astype(int) - np.asarray(shown)).mean() < 3
+    item = CUBDataset(root, "test")[0]         # no transform: original pixels
+    got = item["box"].tolist()
+    assert all(abs(a - b) <= 1 for a, b in zip(_red_bbox(item["image"]), got)), (got, _red_bbox(item["image"]))
+    tf = make_transform(False, 32, 32, mean=(0, 0, 0), std=(1, 1, 1))
+    item = CUBDataset(root, "test", tf)[0]
+    assert all(abs(a - b) <= 1.5 for a, b in zip(_red_bbox(item["image"]), item["box"].tolist()))
+
+
+def test_orient_box_nan_and_identity():
+    assert data.orient_box((1, 2, 3, 4), 1, 10, 10) == (1, 2, 3, 4)
+    assert all(math.isnan(v) for v in data.orient_box((math.nan,) * 4, 6, 10, 10))
+
+
+# --- hostile files -----------------------------------------------------------
+def _hostile(folder):
+    """Files a scraped data set contains; returns their paths (MAX_IMAGE_PIXELS is set to 1000)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "noise.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(folder / "pixel.png")
+    Image.new("RGB", (40, 40)).save(folder / "bomb_warn.png")     # 1600 px: over the limit
+    Image.new("RGB", (64, 64)).save(folder / "bomb.png")          # 4096 px: over twice the limit
+    return sorted(str(folder / n) for n in ("zero.jpg", "noise.jpg", "pixel.png", "bomb_warn.png", "bomb.png"))
+
+
+def test_hostile_files_raise_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for p in _hostile(tmp_path):
+        with pytest.raises(OSError, match=pathlib.Path(p).name) as e:
+            load_rgb(p)
+        assert type(e.value) is OSError, p
+    with pytest.raises(OSError, match="MAX_IMAGE_PIXELS=1000"):
+        load_rgb(tmp_path / "bomb.png")
+    with pytest.raises(OSError, match="1x1 pixels"):
+        load_rgb(tmp_path / "pixel.png")
+
+
+def _folder_with_hostiles(root):
+    _tree(root, {"": {"a": 6, "b": 6}})
+    return _hostile(root / "a")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_hostile_files_in_a_dataloader(tmp_path, monkeypatch, workers):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    hostile = _folder_with_hostiles(tmp_path)
+    strict = ImageFolderDataset(tmp_path, None, make_transform(False, 8, 8))
+    with pytest.raises(OSError, match=r"(cannot read image file|too small).*a/(zero|noise|pixel|bomb)"):
+        list(torch.utils.data.DataLoader(strict, batch_size=4, num_workers=workers))
+    ds = ImageFolderDataset(tmp_path, None, make_transform(False, 8, 8), on_error="skip")
+    passed = set()
+    for batch in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers):
+        for i, k in zip(batch["index"].tolist(), batch["skipped"].tolist()):
+            passed |= set(ds.passed_over(i, k))
+    assert sorted(passed) == hostile       # every worker's skips reach the main process
+
+
+def test_verify_opens_every_image(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    hostile = _folder_with_hostiles(tmp_path)
+    strict = ImageFolderDataset(tmp_path)
+    with pytest.raises(OSError, match=r"5 of 17 images .* cannot be read(.|\n)*zero.jpg"):
+        strict.verify(workers=2)
+    ds = ImageFolderDataset(tmp_path, on_error="skip")
+    assert sorted(ds.verify()) == hostile and sorted(ds.skipped) == hostile and len(ds) == 12
+    assert all(ds[i]["skipped"] == 0 for i in range(len(ds)))
+
+
 def test_load_errors_name_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         load_rgb(tmp_path / "nope.jpg")
@@ -130,7 +277,7 @@ def test_cub_items_and_collate(syn):
     assert ds.num_classes == 3 and len(ds.classes) == 3 and len(ds) == 30
     assert ds.boxes.shape == (30, 4) and ds.part_boxes.shape == (30, 4)
     it = ds[0]
-    assert set(it) == {"image", "label", "box", "part_box", "index", "source"}
+    assert set(it) == {"image", "label", "box", "part_box", "index", "skipped", "source"}
     assert it["image"].dtype == torch.float32 and it["image"].shape == (3, 32, 32)
     assert it["label"].dtype == torch.int64 and it["index"] == 0
     assert not torch.isnan(it["box"]).any() and not torch.isnan(it["part_box"]).any()
@@ -194,6 +341,11 @@ def test_missing_and_corrupt_files(tmp_path, syn):
     ci = [p for p, _ in ds.samples].index(corrupt)
     it = ds[ci]
     assert it["index"] == ci + 1 and ds.skipped == [missing, corrupt]
+    checked = CUBDataset(root, "trainval", on_error="skip")          # verify(): left out up front
+    assert checked.verify() == [corrupt] and checked.skipped == [missing, corrupt] and len(checked) == 28
+    where = {p: k for k, (p, _) in enumerate(full.samples)}
+    rows = [where[p] for p, _ in checked.samples]                   # ids and boxes stay aligned
+    assert checked.ids == [full.ids[k] for k in rows] and np.array_equal(checked.boxes, full.boxes[rows])
     strict = CUBDataset(root, "trainval", on_error="skip")
     strict.on_error = "raise"
     with pytest.raises(OSError, match=os.path.basename(corrupt)):
@@ -207,7 +359,7 @@ def test_image_folder(tmp_path):
         for j in range(2):
             Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "train" / c / f"{j}.png")
     (tmp_path / "train" / "a_cls" / "notes.txt").write_text("x")
-    ds = ImageFolderDataset(tmp_path, "train", make_transform(False, 8, 8))
+    ds = ImageFolderDataset(tmp_path, "trainval", make_transform(False, 8, 8))
     assert ds.classes == ["a_cls", "b_cls"] and len(ds) == 4
     it = ds[3]
     assert it["image"].shape == (3, 8, 8) and it["label"].item() == 1
@@ -257,3 +409,83 @@ def test_build_dataset(tmp_path, syn, monkeypatch):
     assert len(te) == 2 and str(te.root).startswith(str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="root"):
         build_dataset("cub", None)
+
+
+def _tree(root, layout):
+    """layout: {sub-folder ('' for a flat tree): {class: number of images}}; distinct pixels."""
+    k = 0
+    for sub, classes in layout.items():
+        for c, n in classes.items():
+            d = root / sub / c
+            d.mkdir(parents=True)
+            for j in range(n):
+                k += 1
+                Image.fromarray(np.full((8, 8), k % 256, np.uint8)).save(d / f"{j}.png")
+
+
+def _paths(ds):
+    return {p for p, _ in ds.samples}
+
+
+def _top(ds, root):
+    return {pathlib.Path(p).relative_to(root).parts[0] for p in _paths(ds)}
+
+
+def test_image_folder_split_layout_carves_val_from_train(tmp_path):
+    _tree(tmp_path, {"train": {"a": 10, "b": 10}, "test": {"a": 3, "b": 2}})
+    tr = ImageFolderDataset(tmp_path, "train", val_fraction=0.2, seed=1)
+    va = ImageFolderDataset(tmp_path, "val", val_fraction=0.2, seed=1)
+    tv = ImageFolderDataset(tmp_path, "trainval")
+    te = ImageFolderDataset(tmp_path, "test")
+    assert [d.classes for d in (tr, va, tv, te)] == [["a", "b"]] * 4     # not 'test'/'train'
+    assert _top(tv, tmp_path) == {"train"} and _top(te, tmp_path) == {"test"} and len(te) == 5
+    assert _paths(tr).isdisjoint(_paths(va)) and _paths(tr) | _paths(va) == _paths(tv)
+    assert np.bincount(va.targets).tolist() == [2, 2]                    # stratified
+    assert ImageFolderDataset(tmp_path, "val", val_fraction=0.2, seed=1).samples == va.samples
+    assert ImageFolderDataset(tmp_path, "val", val_fraction=0.2, seed=2).samples != va.samples
+    built = build_dataset("folder", tmp_path, "val", image_size=8, val_fraction=0.2, seed=1)
+    assert built.samples == va.samples and not built.transform.train
+
+
+def test_image_folder_own_val_folder(tmp_path):
+    _tree(tmp_path, {"train": {"a": 4, "b": 4}, "val": {"a": 1, "b": 1}, "test": {"a": 1, "b": 1}})
+    assert _top(ImageFolderDataset(tmp_path, "val"), tmp_path) == {"val"}
+    assert len(ImageFolderDataset(tmp_path, "train")) == 8
+    assert _top(ImageFolderDataset(tmp_path, "trainval"), tmp_path) == {"train", "val"}
+
+
+def test_image_folder_flat_tree_gets_a_seeded_split(tmp_path):
+    _tree(tmp_path, {"": {"a": 10, "b": 5}})
+    every = ImageFolderDataset(tmp_path)
+    ds = {s: ImageFolderDataset(tmp_path, s, val_fraction=0.25, seed=3) for s in ImageFolderDataset.SPLITS}
+    assert len(every) == 15 and all(d.classes == ["a", "b"] for d in ds.values())
+    assert np.bincount(ds["test"].targets).tolist() == [2, 1]            # 20 % of each class
+    assert _paths(ds["test"]).isdisjoint(_paths(ds["trainval"]))
+    assert _paths(ds["test"]) | _paths(ds["trainval"]) == _paths(every)
+    assert _paths(ds["train"]).isdisjoint(_paths(ds["val"]))
+    assert _paths(ds["train"]) | _paths(ds["val"]) == _paths(ds["trainval"])
+    # the test images do not depend on the run's seed; validation does
+    assert ImageFolderDataset(tmp_path, "test", seed=9).samples == ds["test"].samples
+    assert ImageFolderDataset(tmp_path, "val", val_fraction=0.25, seed=4).samples != ds["val"].samples
+
+
+def test_image_folder_errors(tmp_path):
+    _tree(tmp_path / "m", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "c": 1}})
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match=r"class folders of .*test differ .*only in train: \['b'\]; "
+                                             r"only in test: \['c'\]"):
+            ImageFolderDataset(tmp_path / "m", split)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class folders in .*empty.*expected ROOT/train"):
+        ImageFolderDataset(tmp_path / "empty", "train")
+    (tmp_path / "noimg" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no image files .*noimg"):
+        ImageFolderDataset(tmp_path / "noimg", "train")
+    _tree(tmp_path / "t", {"train": {"a": 2}})
+    with pytest.raises(FileNotFoundError, match="no test folder .*t/test"):
+        ImageFolderDataset(tmp_path / "t", "test")
+    _tree(tmp_path / "o", {"test": {"a": 2}})
+    with pytest.raises(ValueError, match="has test/ but no train/"):
+        ImageFolderDataset(tmp_path / "o", "train")
+    with pytest.raises(ValueError, match="split must be one of"):
+        ImageFolderDataset(tmp_path / "m", "dev")

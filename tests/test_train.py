@@ -1,5 +1,7 @@
 """The loop: resume-exactness, atomic checkpoints, NaN handling, clear errors, the CLI."""
+import importlib
 import json
+import pathlib
 
 import pytest
 import torch
@@ -38,18 +40,66 @@ def test_train_writes_run_and_metrics(tmp_path):
     t = res["test"]
     assert t["n"] == 12 and 0 <= t["top1_crop"] <= 1 and 0 <= t["iou50"] <= 1
     assert load_config(out / "config.yaml") == cfg(tmp_path, crop=True)
-    # the test split was read with the checkpoint selected on validation
-    assert t["best_epoch"] == load_checkpoint(out / "best.pt")["best_epoch"]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """What a train() call did: the epoch of every training item it loaded, the
+    optimizer / scheduler states it loaded."""
+    T = importlib.import_module("fgnb.train")  # (fgnb.train is also the function)
+
+    seen = {"items": [], "loaded": []}
+    get = T.SeededItems.__getitem__
+    monkeypatch.setattr(T.SeededItems, "__getitem__", lambda self, i: seen["items"].append(self.epoch) or get(self, i))
+    for cls, name in ((torch.optim.AdamW, "optimizer"), (torch.optim.lr_scheduler.LambdaLR, "scheduler")):
+        def load(self, state, _real=cls.load_state_dict, _name=name):
+            seen["loaded"].append(_name)
+            return _real(self, state)
+        monkeypatch.setattr(cls, "load_state_dict", load)
+    return seen
+
+
+def test_test_split_is_read_with_the_checkpoint_chosen_on_validation(tmp_path, monkeypatch, capsys):
+    T = importlib.import_module("fgnb.train")  # (fgnb.train is also the function)
+
+    real, val_scores = T.evaluate, iter([0.5, 0.9, 0.1])      # epoch 2 is the best, not the last
+
+    def scripted(model, loader, *args, **kw):
+        res = real(model, loader, *args, **kw)
+        if loader.dataset.dataset.split == "val":
+            res["top1_last"] = next(val_scores)
+        return res
+
+    monkeypatch.setattr(T, "evaluate", scripted)
+    res = train(cfg(tmp_path, epochs=3, lr=3e-3))
+    out = tmp_path / "run"
+    assert res["best_epoch"] == 2 and load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(T, "evaluate", real)
+    ev = {}
+    for name in ("best", "last"):  # each checkpoint evaluated on its own, by the CLI
+        assert cli(["evaluate", str(out / f"{name}.pt"), "--json", str(tmp_path / f"{name}.json")]) == 0
+        ev[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    capsys.readouterr()
+    assert ev["best"] != ev["last"]                            # the choice matters here
+    assert {k: res["test"][k] for k in ev["best"]} == pytest.approx(ev["best"])
 
 
 @pytest.mark.parametrize("strategy", ["progressive", "summed"])
-def test_resume_equals_uninterrupted(tmp_path, strategy):
+def test_resume_equals_uninterrupted(tmp_path, strategy, spy):
     full = train(cfg(tmp_path, "full", strategy=strategy, epochs=3, crop=strategy == "progressive"))
     part = train(cfg(tmp_path, "part", strategy=strategy, epochs=3, crop=strategy == "progressive"), stop_after_epoch=1)
     assert part["interrupted"] and len(part["history"]) == 1
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg(tmp_path, "part", strategy=strategy, epochs=3))
+    rows = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1]
+    spy["items"].clear(), spy["loaded"].clear()
     resumed = train(cfg(tmp_path, "part", strategy=strategy, epochs=3, resume=True, crop=strategy == "progressive"))
+    # the resumed process continued: it trained epochs 2 and 3 only (3 batches of 6 each),
+    # from the interrupted run's optimizer and scheduler state
+    assert spy["items"] == [1] * 18 + [2] * 18
+    assert spy["loaded"] == ["optimizer", "scheduler"]
     a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
     for k in a:
@@ -61,6 +111,13 @@ def test_resume_refuses_changed_options(tmp_path):
     train(cfg(tmp_path, epochs=2), stop_after_epoch=1)
     with pytest.raises(ConfigError, match="lr: checkpoint 0.001 vs now 0.5"):
         train(cfg(tmp_path, epochs=2, lr=0.5, resume=True))
+    # a run written before an option existed resumes: the missing option had its default;
+    # a run that stopped on a bad image may go on skipping such images
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    for newer in ("on_error", "verify_data"):
+        del state["config"][newer]
+    torch.save(state, tmp_path / "run" / "last.pt")
+    assert not train(cfg(tmp_path, epochs=2, resume=True, on_error="skip", verify_data=True))["interrupted"]
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -149,6 +206,89 @@ def test_checkpoint_class_mismatch_is_explained(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt is not a readable fgnb checkpoint"):
         load_model(tmp_path / "junk.pt")
+
+
+def _damaged_copy(tmp_path, splits=("train", "val", "test")):
+    """A copy of the tiny synthetic set (as dataset='cub') with one image of each split made unreadable."""
+    import shutil
+
+    from fgnb.data import CUBDataset
+    from fgnb.synthetic import ensure_synthetic
+
+    root = tmp_path / "cub"
+    shutil.copytree(ensure_synthetic(num_classes=3, train_per_class=8, test_per_class=4), root)
+    bad = []
+    for split in splits:
+        path = CUBDataset(root, split, val_fraction=TINY["val_fraction"]).samples[2][0]
+        pathlib.Path(path).write_bytes(b"\xff\xd8 not really a jpeg")
+        bad.append(path)
+    return root, sorted(bad)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skipped_files_are_reported_whatever_the_workers(tmp_path, workers):
+    root, bad = _damaged_copy(tmp_path)
+    res = train(cfg(tmp_path, dataset="cub", data_root=str(root), on_error="skip", workers=workers, epochs=2))
+    out = tmp_path / "run"
+    assert res["skipped"] == bad
+    assert [r["skipped_images"] for r in res["history"]] == [2, 2]        # train + val after each epoch
+    assert json.loads((out / "test_metrics.json").read_text())["skipped_images"] == 3
+    assert sorted((out / "skipped.txt").read_text().split("\n")[:-1]) == bad
+
+
+def test_verify_data_checks_every_image_before_training(tmp_path, capsys):
+    root, bad = _damaged_copy(tmp_path, ("test",))
+    with pytest.raises(OSError, match=r"(?s)1 of 12 images of CUBDataset \(split test\) cannot be read.*" + pathlib.Path(bad[0]).name):
+        train(cfg(tmp_path, "strict", dataset="cub", data_root=str(root), verify_data=True))
+    assert not (tmp_path / "strict" / "last.pt").exists()              # stopped before the first epoch
+    res = train(cfg(tmp_path, dataset="cub", data_root=str(root), on_error="skip", verify_data=True, epochs=1))
+    assert res["skipped"] == bad and res["test"]["n"] == 11 and res["test"]["skipped_images"] == 1
+    assert "1 unreadable image skipped" in capsys.readouterr().out
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    from fgnb.train import build_model
+
+    train(cfg(tmp_path, epochs=1))
+    good = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(good)
+
+    def bad(name, match, error=ValueError, **changes):
+        path = tmp_path / name
+        if isinstance(changes.get("raw"), bytes):
+            path.write_bytes(changes["raw"])
+        else:
+            torch.save(changes.get("whole", {**state, **changes}), path)
+        with pytest.raises(error, match=match):
+            load_model(path)
+
+    raw = good.read_bytes()
+    bad("truncated.pt", r"truncated.pt is not a readable fgnb checkpoint \(truncated or corrupt", raw=raw[: len(raw) // 2])
+    bad("empty.pt", r"empty.pt is not a readable", raw=b"")
+    deeper = build_model(cfg(tmp_path).replace(depth=4), 3).state_dict()
+    bad("deeper.pt", r"deeper.pt: the weights do not fit the model its options describe .*unexpected.*blocks\.3\.",
+        model=deeper)
+    wider = build_model(cfg(tmp_path).replace(embed_dim=64, num_heads=2), 3).state_dict()
+    bad("wider.pt", r"wider.pt: the weights do not fit .*shape.*cls_token: checkpoint \(1, 1, 64\) vs model \(1, 1, 192\)",
+        model=wider)
+    bad("bare.pt", r"bare.pt is a bare state dict \(\d+ tensors\), not an fgnb checkpoint.*weights=",
+        whole=state["model"])
+    bad("list.pt", r"list.pt holds a list, not an fgnb checkpoint", whole=[1, 2])
+    bad("nocls.pt", r"nocls.pt is not an fgnb checkpoint: it lacks \['num_classes'\]",
+        whole={k: v for k, v in state.items() if k != "num_classes"})
+    bad("future.pt", r"future.pt was written by a newer fgnb \(checkpoint version 99", version=99)
+    bad("badopt.pt", r"badopt.pt: .*lr must be > 0", error=ConfigError, config={**state["config"], "lr": -1.0})
+    bad("unknown.pt", r"unknown.pt: unknown option\(s\) \['zoom'\]", error=ConfigError, config={**state["config"], "zoom": 2})
+    # --resume reads last.pt: a damaged one is named, and so is a changed option
+    good.write_bytes(raw[:1000])
+    with pytest.raises(ValueError, match=r"last.pt is not a readable fgnb checkpoint"):
+        train(cfg(tmp_path, epochs=2, resume=True))
+    torch.save({k: v for k, v in state.items() if k != "optimizer"}, good)
+    with pytest.raises(ValueError, match=r"last.pt cannot be resumed: it lacks \['optimizer'\]"):
+        train(cfg(tmp_path, epochs=2, resume=True))
+    torch.save(state, good)
+    with pytest.raises(ConfigError, match=r"depth: checkpoint 3 vs now 4"):
+        train(cfg(tmp_path, epochs=2, depth=4, resume=True))
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "vit_base_patch16_224.orig_in21k"])

@@ -1,0 +1,146 @@
+"""TrainConfig refuses every bad value with a ConfigError that names the option (a seeded fuzz)."""
+import dataclasses
+import math
+import random
+
+import pytest
+
+from fgnb.config import ConfigError, TrainConfig
+
+#: a valid starting point that names the architecture (so depth-dependent checks apply)
+BASE = dict(model="vit_tiny_patch16_224", weights=None, embed_dim=None, num_heads=None, img_size=32, patch_size=8,
+            depth=4, targets=3, batch_size=4, epochs=1, progress=False)
+
+NAN, INF = float("nan"), float("inf")
+POSITIVE_INT = [0, -1, -64, 2.5, True, "many", NAN]
+NON_NEGATIVE_INT = [-1, -7, 1.5, False, "x", INF]
+POSITIVE_FLOAT = [0.0, -1e-3, NAN, INF, -INF, "fast", True]
+NON_NEGATIVE_FLOAT = [-0.1, NAN, INF, "none at all", False]
+FRACTION = [-0.1, 1.0, 1.5, NAN, INF, "half"]
+BOOL = ["yes", "no", 1, 0, None, 2.0]
+# Values each option must refuse. Options without an entry are strings with choices:
+# they get random unknown strings, wrong types and None.
+BAD = {
+    "data_root": ["", 3, True],
+    "val_fraction": FRACTION,
+    "source_size": POSITIVE_INT,
+    "resize_size": POSITIVE_INT + [16],                   # smaller than img_size
+    "synthetic_classes": POSITIVE_INT + [31],             # 30 species exist
+    "synthetic_train_per_class": POSITIVE_INT,
+    "synthetic_test_per_class": POSITIVE_INT,
+    "synthetic_difficulty": NON_NEGATIVE_FLOAT,
+    "synthetic_first_class": NON_NEGATIVE_INT + [30],
+    "model": ["vit_nonexistent_1", "", 7, None],
+    "img_size": POSITIVE_INT + [36, None],                 # 36: not a multiple of the patch (8)
+    "patch_size": POSITIVE_INT + [5],                      # 32 is not a multiple of 5
+    "depth": POSITIVE_INT + [2],                           # 2 < targets=3
+    "embed_dim": POSITIVE_INT,
+    "num_heads": POSITIVE_INT,
+    "pretrained": BOOL,
+    "weights": [3, True, ""],
+    "targets": [0, -1, 5, True, [], [0, 0], [4], [-5], [1.5], "last", 2.5, None],  # depth 4
+    "head_hidden": POSITIVE_INT,
+    "reforward": BOOL,
+    "crop": BOOL,
+    "threshold_scale": POSITIVE_FLOAT,
+    "min_crop": NON_NEGATIVE_INT,
+    "epochs": POSITIVE_INT + [None],
+    "batch_size": POSITIVE_INT + [None],
+    "lr": POSITIVE_FLOAT + [None],
+    "momentum": FRACTION,
+    "weight_decay": NON_NEGATIVE_FLOAT,
+    "warmup_epochs": NON_NEGATIVE_FLOAT,
+    "clip_grad": POSITIVE_FLOAT,
+    "label_smoothing": FRACTION,
+    "device": ["gpu0", "", 1, None],
+    "seed": NON_NEGATIVE_INT + [2**32, None],
+    "workers": NON_NEGATIVE_INT + [None],
+    "limit_batches": POSITIVE_INT,
+    "out": ["", 5, None],
+    "resume": BOOL,
+    "progress": BOOL,
+    "verify_data": BOOL,
+}
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def bad_values(name: str, rng: random.Random) -> list:
+    if name in BAD:
+        return BAD[name]
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz_") for _ in range(rng.randint(1, 12)))
+    return [word, word.upper(), "", 3, None, 1.5]
+
+
+def test_every_option_is_fuzzed():
+    choice_options = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("choices")}
+    assert set(FIELDS) - set(BAD) == choice_options       # a new option needs its bad values here
+
+
+def test_base_is_valid():
+    TrainConfig(**BASE)
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_each_bad_value_names_its_option(name):
+    rng = random.Random(f"fgnb-{name}")
+    for value in bad_values(name, rng):
+        with pytest.raises(ConfigError) as e:
+            TrainConfig(**{**BASE, name: value})
+        assert name in str(e.value), (name, value, str(e.value))
+
+
+def test_random_combinations_name_a_changed_option():
+    """Two or three options made bad at once: the error names one of them."""
+    rng = random.Random(14)
+    for _ in range(120):
+        names = rng.sample(FIELDS, rng.randint(2, 3))
+        changes = {n: rng.choice(bad_values(n, rng)) for n in names}
+        with pytest.raises(ConfigError) as e:
+            TrainConfig(**{**BASE, **changes})
+        assert any(n in str(e.value) for n in names), (changes, str(e.value))
+
+
+def test_numbers_from_text_are_read_and_checked():
+    """YAML files and flags may give numbers as text: 'nan' and 'inf' are refused too."""
+    assert TrainConfig(**{**BASE, "lr": "3e-4"}).lr == 3e-4
+    for text in ("nan", "inf", "-1e-3"):
+        with pytest.raises(ConfigError, match="lr"):
+            TrainConfig(**{**BASE, "lr": text})
+    with pytest.raises(ConfigError, match=r"unknown option.*learning_rate"):
+        TrainConfig(**BASE).replace(learning_rate=1e-3)
+
+
+def test_seeds_up_to_the_limit_train_items():
+    """The largest valid seed still seeds every item (no overflow inside torch)."""
+    import torch
+
+    from fgnb.train import SeededItems
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return float(torch.rand(1))
+
+    seed = 2**32 - 1
+    assert TrainConfig(**{**BASE, "seed": seed}).seed == seed
+    items = SeededItems(Items(), seed)
+    items.epoch = 10**6
+    assert len({items[i] for i in range(3)}) == 3 and not math.isnan(items[2])
+
+
+def test_what_only_the_run_can_check_is_named(tmp_path):
+    """Values that need the data or the model: an empty data folder, more targets than
+    the model's own depth. Clear errors naming the folder / option, not torch's."""
+    from fgnb.train import build_model, train
+
+    (tmp_path / "empty").mkdir()
+    run = {**BASE, "dataset": "folder", "data_root": str(tmp_path / "empty"), "out": str(tmp_path / "run")}
+    with pytest.raises(ValueError, match=r"no class folders in .*empty.*expected ROOT/train"):
+        train(TrainConfig(**run))
+    with pytest.raises(FileNotFoundError, match="image folder not found: .*nowhere"):
+        train(TrainConfig(**{**run, "data_root": str(tmp_path / "nowhere")}))
+    assert not (tmp_path / "run" / "last.pt").exists()
+    with pytest.raises(ValueError, match=r"targets=13: a ViT with 12 blocks"):
+        build_model(TrainConfig(**{**BASE, "depth": None, "targets": 13}), 3)
