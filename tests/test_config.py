@@ -23,6 +23,7 @@ BOOL = ["yes", "no", 1, 0, None, 2.0]
 BAD = {
     "data_root": ["", 3, True],
     "val_fraction": FRACTION,
+    "split_seed": NON_NEGATIVE_INT + [2**32, None],
     "source_size": POSITIVE_INT,
     "resize_size": POSITIVE_INT + [16],                   # smaller than img_size
     "synthetic_classes": POSITIVE_INT + [31],             # 30 species exist
@@ -44,6 +45,9 @@ BAD = {
     "crop": BOOL,
     "threshold_scale": POSITIVE_FLOAT,
     "min_crop": NON_NEGATIVE_INT,
+    "crop_margin": [-0.1, 4.5, NAN, INF, "wide", None],
+    "crop_warmup_epochs": NON_NEGATIVE_INT + [None],
+    "steps_per_batch": POSITIVE_INT + [None],
     "epochs": POSITIVE_INT + [None],
     "batch_size": POSITIVE_INT + [None],
     "lr": POSITIVE_FLOAT + [None],
