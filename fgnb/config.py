@@ -152,6 +152,8 @@ class TrainConfig:
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device string")
     seed: int = opt(0, "random seed")
     workers: int = opt(0, "DataLoader worker processes")
+    cache_images: str = opt("auto", "keep decoded images in memory after the first epoch (auto: when the set's decoded "
+                                    "images fit in 1 GiB per process)", ("auto", "on", "off"))
     limit_batches: int | None = opt(None, "stop each epoch after this many batches (quick runs and tests)")
     # output
     out: str = opt("runs/default", "run folder: checkpoints, metrics.csv/jsonl, config.yaml")

@@ -345,6 +345,46 @@ class _DictDataset(torch.utils.data.Dataset):
     def _load(self, i):
         return load_rgb(self.samples[i][0])
 
+    #: decoded images kept in memory by :meth:`cache_images` (None: every epoch decodes again)
+    _cache: dict | None = None
+
+    def cache_images(self, limit_bytes: float = 1 << 30) -> bool:
+        """Keep every decoded image in memory after its first use, if the set is small.
+
+        The estimate is the first image's decoded size times the number of images; the
+        cache is turned on only when that is at most ``limit_bytes`` (``inf``: always).
+        Decoding is then paid once per process instead of once per epoch. Returns whether
+        the cache is on. (With DataLoader workers, each worker keeps its own: use
+        ``persistent_workers=True`` so it outlives the epoch.)
+        """
+        if not len(self):
+            return False
+        try:
+            first = self._load(0)
+        except OSError:
+            return False
+        if len(self) * len(first.getbands()) * first.width * first.height > limit_bytes:
+            return False
+        self._cache = {0: first}
+        return True
+
+    def fill_cache(self) -> None:
+        """Decode every image now (before DataLoader workers fork, so they share the cache;
+        unreadable files are left for ``__getitem__`` to raise or skip)."""
+        if self._cache is not None:
+            for i in range(len(self)):
+                try:
+                    self._load_cached(i)
+                except OSError:
+                    pass
+
+    def _load_cached(self, i):
+        if self._cache is None:
+            return self._load(i)
+        if i not in self._cache:
+            self._cache[i] = self._load(i)
+        return self._cache[i]
+
     def _item(self, i, img, skipped=0):
         boxes = self._boxes_for(i)
         o = img.info.get("orientation", 1)
@@ -372,7 +412,7 @@ class _DictDataset(torch.utils.data.Dataset):
         for k in range(n):
             i = (index + k) % n
             try:
-                img = self._load(i)
+                img = self._load_cached(i)
             except OSError:
                 if self.on_error == "raise":
                     raise

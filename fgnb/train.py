@@ -139,7 +139,10 @@ def dataset_for(cfg: TrainConfig, split: str, mean, std):
     The validation split is carved with ``split_seed``, never with the training ``seed``:
     runs that differ only in their seed train and select on the same images.
     """
-    source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
+    # The source view is rendered where crops are cut from it: every evaluation (the crop
+    # inference modes) and training with crops. (It costs more than the input view itself.)
+    needs_source = cfg.crop_from == "source" and (split != "train" or cfg.crop)
+    source = (cfg.source_size or 4 * cfg.img_size) if needs_source else None
     return build_dataset(
         cfg.dataset, split=split, root=cfg.data_root, image_size=cfg.img_size, source_size=source, mean=mean, std=std,
         resize_size=cfg.resize_size, val_fraction=cfg.val_fraction, seed=cfg.split_seed, on_error=cfg.on_error,
@@ -152,7 +155,13 @@ def build_data(cfg: TrainConfig, mean, std) -> dict[str, Any]:
     with dist.main_first():  # rank 0 generates the synthetic set, the others wait and read it
         train_ds = dataset_for(cfg, "train", mean, std)
     val_ds = dataset_for(cfg, "val", mean, std) if cfg.val_fraction > 0 else None
-    return {"train": train_ds, "val": val_ds, "test": dataset_for(cfg, "test", mean, std)}
+    data = {"train": train_ds, "val": val_ds, "test": dataset_for(cfg, "test", mean, std)}
+    if cfg.cache_images != "off":
+        for ds in data.values():
+            if ds is not None and hasattr(ds, "cache_images"):
+                if ds.cache_images(float("inf") if cfg.cache_images == "on" else 1 << 30) and cfg.workers > 0:
+                    ds.fill_cache()  # workers are forked every epoch: they inherit the filled cache
+    return data
 
 
 class SeededItems(torch.utils.data.Dataset):

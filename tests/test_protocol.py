@@ -232,3 +232,37 @@ def test_validation_split_does_not_depend_on_the_training_seed(tmp_path):
     a = _val_paths(cfg(tmp_path, seed=0))
     assert a == _val_paths(cfg(tmp_path, seed=7))
     assert a != _val_paths(cfg(tmp_path, seed=0, split_seed=1))
+
+
+# ------------------------------------------------------------------ data speed: what is rendered and decoded
+def test_training_set_renders_the_source_view_only_for_crops(tmp_path):
+    mean, std = normalisation(TINY["model"])
+    plain = build_data(cfg(tmp_path), mean, std)
+    assert "source" not in plain["train"][0] and "source" in plain["val"][0] and "source" in plain["test"][0]
+    assert "source" in build_data(cfg(tmp_path, crop=True), mean, std)["train"][0]
+
+
+def test_image_cache_decodes_once_and_changes_no_pixel(tmp_path, monkeypatch):
+    import fgnb.data as data_mod
+    calls = []
+    real = data_mod.load_rgb
+    monkeypatch.setattr(data_mod, "load_rgb", lambda p: (calls.append(p), real(p))[1])
+    runs = {}
+    for mode in ("on", "off"):
+        calls.clear()
+        res = train(cfg(tmp_path, mode, cache_images=mode, epochs=2, limit_batches=None, crop=True))
+        runs[mode] = (res, len(calls), len(set(calls)))
+    on, off = runs["on"], runs["off"]
+    assert on[1] == on[2]  # with the cache every file is read once
+    assert off[1] > off[2]  # without it, every epoch reads again
+    assert on[0]["test"] == off[0]["test"]
+    a = torch.load(tmp_path / "on" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "off" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_image_cache_respects_its_limit(tmp_path):
+    mean, std = normalisation(TINY["model"])
+    ds = build_data(cfg(tmp_path, cache_images="off"), mean, std)["train"]
+    assert ds.cache_images(limit_bytes=10) is False and ds._cache is None
+    assert ds.cache_images() is True
