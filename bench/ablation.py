@@ -212,6 +212,11 @@ def dataset_info(cfg) -> dict:
     return {"dataset": "synthetic", "data_root": str(root), "params": params}
 
 
+def option_differences(saved: dict, wanted: dict) -> dict:
+    from fgnb.config import option_differences as differences  # an option added since: its default
+    return differences(saved, wanted)
+
+
 def _run_options(cfg_dict: dict) -> dict:
     """A run's options without where it was written and how it printed."""
     return {k: v for k, v in cfg_dict.items() if k not in ("out", "resume", "progress")}
@@ -306,7 +311,7 @@ def main(argv=None) -> int:
 
     for key in list(plan):  # runs the results file already holds with the same options
         row = previous.get(key)
-        if row is not None and row.get("config") == _run_options(cfgs[key]):
+        if row is not None and not option_differences(row["config"], _run_options(cfgs[key])):
             record(key, {**row, "skipped": True}, 0.0)
             plan.remove(key)
     if args.jobs <= 1:
