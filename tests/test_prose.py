@@ -25,7 +25,8 @@ from conftest import CHAPTERS, ROOT, cell_source, is_placeholder, load_nb
 NOT_YET = {"07_full_training_gpu"}
 
 # ------------------------------------------------------------------ text without code/maths
-_FENCE = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[ \t]*$", re.S | re.M)
+# code fences (```python, ```, ```{code-cell}); directive fences (```{note}) hold prose and stay
+_FENCE = re.compile(r"^(```+|~~~+)[ \t]*(?:[\w+-]*|\{code[\w-]*\}[^\n]*)[ \t]*\n.*?^\1[ \t]*$", re.S | re.M)
 _DMATH = re.compile(r"\$\$.*?\$\$", re.S)
 _MATH = re.compile(r"(?<!\\)\$[^$\n]+?(?<!\\)\$")
 _ROLE = re.compile(r"\{[\w:.-]+\}`[^`]*`")            # {glue:text}`k:.1f`, {doc}`x`, {cite:p}`y`
@@ -60,6 +61,7 @@ ALLOWED = {
     "1.1": "CUB archive size in GB (a property of the download)",
     "0.5": "the IoU threshold of iou50 / the difficulty parameter of the embedded data",
     "1.5": "a threshold scale the chapters try (a setting, not a result)",
+    "1.5 x": "a threshold scale the chapters try (a setting, not a result)",
     "2.0": "a difficulty / threshold-scale setting",
     "4 x": "source_size default: 4 x the input side",
     "2.5 times": "(4 + 5 + 6) / 6 for targets 3, 4, 5 of 6 blocks: arithmetic, derived in chapter 5",
@@ -68,8 +70,8 @@ ALLOWED = {
 
 
 def measured_numbers(markdown: str) -> list[str]:
-    return [m.group(0).strip() for m in MEASURED.finditer(prose(markdown))
-            if m.group(0).strip() not in ALLOWED]
+    hits = (re.sub(r"\s+", " ", m.group(0).strip()) for m in MEASURED.finditer(prose(markdown)))
+    return [h for h in hits if h not in ALLOWED]
 
 
 def _chapters():
