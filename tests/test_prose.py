@@ -107,16 +107,16 @@ def test_measured_numbers_in_prose_are_glued(nb_path):
 
 @pytest.mark.parametrize("nb_path", _chapters(), ids=lambda p: p.stem)
 def test_glue_keys_are_defined(nb_path):
-    """Every {glue:...}`key` in the prose is glued by a code cell of the same chapter."""
+    """Every {glue:...}`key` in the prose is glued by an executed code cell of the same chapter."""
     nb = load_nb(nb_path)
-    code = "\n".join(cell_source(c) for c in nb["cells"] if c["cell_type"] == "code")
-    keys = set(re.findall(r"\{glue(?::\w+)?\}`([\w.-]+)", "\n".join(
-        cell_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")))
-    keys |= set(re.findall(r"```\{glue(?::\w+)?\}\s+([\w.-]+)", "\n".join(
-        cell_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")))
-    glued = set(re.findall(r"glue\(\s*[\"']([\w.-]+)[\"']", code)) | set(re.findall(r"[\"']([\w.-]+)[\"']", code))
-    missing = sorted(k for k in keys if k not in glued)
-    assert not missing, f"{nb_path.name}: glue keys used in the text but never glued: {missing}"
+    text = "\n".join(cell_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    keys = set(re.findall(r"\{glue(?::\w+)?\}`([\w.-]+)", text))
+    keys |= set(re.findall(r"^[`:]{3,}\{glue(?::\w+)?\}\s+([\w.-]+)", text, re.M))
+    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name")
+             for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])}
+    missing = sorted(keys - glued)
+    assert not missing, (f"{nb_path.name}: glue keys used in the text but not in the committed outputs "
+                         f"(glue them, then `python -m fgnb.book execute`): {missing}")
 
 
 # ------------------------------------------------------------------ opening and closing
