@@ -112,7 +112,7 @@ def method_pipeline(depth: int = 6, targets: int = 3, ax=None):
     -> linear projection, position embedding and CLS token (N = 1 + K tokens) -> L encoder
     layers -> the CLS vectors c_l of the last R layers -> R MLP heads -> logits y_r ->
     losses l_r. Bottom row (the attention crop): CLS attention a_i^h of the H heads ->
-    product over heads P_i -> mean threshold -> box -> crop of the source image, resized
+    product over heads Pi_i -> mean threshold -> box -> crop of the source image, resized
     to h x w -> back into the same network with the same label.
     """
     if ax is None:
@@ -151,8 +151,8 @@ def method_pipeline(depth: int = 6, targets: int = 3, ax=None):
     # bottom row: the attention crop
     yb = 0.6
     _node(ax, 5.0, yb, 1.55, 0.9, "CLS attention\n$a_i^h$ ($H \\times K$)", fc=green, fontsize=7.5)
-    _node(ax, 6.85, yb, 1.3, 0.9, "product\n$P_i = \\prod_h a_i^h$", fc=green, fontsize=7.5)
-    _node(ax, 8.45, yb, 1.1, 0.9, "threshold\n$P_i > \\bar P$", fc=green, fontsize=7.5)
+    _node(ax, 6.85, yb, 1.3, 0.9, "product\n$\\Pi_i = \\prod_h a_i^h$", fc=green, fontsize=7.5)
+    _node(ax, 8.45, yb, 1.1, 0.9, "threshold\n$\\Pi_i > \\bar\\Pi$", fc=green, fontsize=7.5)
     _node(ax, 9.8, yb, 1.1, 0.9, "box of the\nmarked patches", fc=green, fontsize=7.5)
     xd = x0 + (depth - 1) * (w_l + gap) + w_l / 2
     _arrow(ax, (xd, 3.1), (5.8, yb + 0.9), color="#1e8449", rad=-0.2)
