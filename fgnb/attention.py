@@ -3,8 +3,10 @@
 Chapter 3 derives :func:`cls_attention`; chapter 4 derives :func:`head_product`,
 :func:`mean_threshold`, the cross-layer variants and :func:`boxes_from_mask`.
 
-Shapes: ``B`` images, ``H`` heads, ``N`` tokens (prefix tokens first, then the
-``K`` patches in row-major scan order), ``d`` the head width, ``L`` layers.
+Shapes (symbols of ``book/notation.md``): ``B`` images, ``H`` heads, ``N = 1 + K`` tokens
+(prefix tokens first, then the ``K`` patches in row-major scan order), ``d = D / H`` the head
+width, ``L`` layers. The head product Pi_i = prod_h a_i^h (the text's P_i) is kept as its log,
+s_i = sum_h log a_i^h.
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def head_product(attn: torch.Tensor, eps: float = 1e-45) -> torch.Tensor:
 def mean_threshold(scores: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Mark the patches whose product is above ``scale`` times its mean over the K patches.
 
-    mask_i = [ P_i > scale * mean_j P_j ],  computed exactly in log space as
+    mask_i = [ Pi_i > scale * mean_j Pi_j ],  computed exactly in log space as
     s_i > logsumexp(s) - log K + log(scale)   with s = log P (from :func:`head_product`).
 
     ``scale = 1`` is the text's threshold; RAMS-Trans uses 1.2.

@@ -18,7 +18,7 @@ import time
 
 from .config import SYNTHETIC, SYNTHETIC_ARCH
 
-__all__ = ["profile", "PROFILES", "source_hash", "is_fresh", "execute"]
+__all__ = ["profile", "PROFILES", "source_hash", "is_fresh", "execute", "glue", "show_profile"]
 
 #: cpu-quick: the embedded data and a small hybrid ViT pre-trained on other synthetic
 #: species (fgnb.pretrained), fine-tuned for minutes on 2 cores.
@@ -51,6 +51,30 @@ def profile(name: str = "auto", data_root: str | None = None, **overrides) -> di
     opts.update({k: v for k, v in overrides.items() if v is not None})
     opts["profile"] = name
     return opts
+
+
+def glue(name: str, value, display: bool = False):
+    """Store a measured number for the chapter's prose (MyST-NB ``glue``); returns ``value``.
+
+    The prose pastes it with ``{glue:text}`name:.1%``` (any Python format spec), so a number
+    in the text is always the one the cell computed (tests/test_prose.py enforces it).
+    numpy and torch scalars become Python numbers (their repr would not parse back). Where
+    myst_nb is not installed (a bare Colab runtime) nothing is stored.
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # pragma: no cover - outside the book's environment
+        return value
+    _glue(name, value, display=display)
+    return value
+
+
+def show_profile(P: dict, keys=None) -> None:
+    """Print the run profile a chapter's ``parameters`` cell chose (all options or ``keys``)."""
+    print("profile:", P["profile"])
+    print({k: P[k] for k in (keys or P) if k in P and k != "profile"})
 
 
 def source_hash(nb: dict) -> str:

@@ -2,7 +2,9 @@
 
 Chapter 2 explains the input side (patches, linear projection, position encoding, the
 CLS token), chapter 3 the CLS attention that :class:`FGViT` can return, chapter 5 why
-every target layer has its own head. The backbone is timm's own
+every target layer has its own head. Symbols as in ``book/notation.md``: an (h, w) input,
+P-pixel patches, K patches, N = 1 + K tokens, D the width, H heads, L layers, R target
+layers, c_l the CLS vector after layer l, y_r the logits of target r. The backbone is timm's own
 ``VisionTransformer``: its blocks are used as they are, its weights load unchanged
 (``model.vit.state_dict()`` has timm's keys), and any timm ViT name works.
 """
@@ -28,7 +30,7 @@ class FGViTOutput:
     """What one forward returns.
 
     logits: one (B, C) tensor per computed target layer, shallow to deep.
-    cls: the matching CLS vectors c_n, (B, D), after the backbone's final norm.
+    cls: the matching CLS vectors c_l, (B, D), after the backbone's final norm.
     layers: the block index (0-based) of each entry of ``logits``.
     attn: {block index: (B, H, K) CLS attention per head} for the requested layers
         (detached: the crop takes no gradient).
@@ -46,7 +48,11 @@ class FGViTOutput:
 
 
 class MLPHead(nn.Module):
-    """y_r = W2 GELU(W1 c_r + b1) + b2: the per-layer classifier (MLP1, MLP2, MLP3 in the text)."""
+    """y_r = W2 GELU(W1 c_{L_r} + b1) + b2: the per-layer classifier (MLP1, MLP2, MLP3 in the text).
+
+    W1 is (hidden, D) with hidden = D by default, W2 is (C, hidden): D*D + D + C*D + C
+    parameters per head (chapter 5 counts them and says why not one linear layer).
+    """
 
     def __init__(self, dim: int, num_classes: int, hidden: int | None = None, dropout: float = 0.0):
         super().__init__()
@@ -160,7 +166,7 @@ class FGViT(nn.Module):
         """Run the encoder only as deep as needed.
 
         Args:
-            x: (B, 3, H, W) normalised images.
+            x: (B, 3, h, w) normalised images.
             upto: compute the heads of targets ``0..upto`` only (``None``: all) and stop
                 after that target's block; progressive stage r uses ``upto=r``.
             attn_layers: block indices whose CLS attention to return; ``'targets'``,
@@ -191,7 +197,7 @@ class FGViT(nn.Module):
             for i in range(stop + 1):
                 t = vit.blocks[i](t)
                 if i in wanted:
-                    # The shared final norm makes the deepest c_n exactly timm's forward_features CLS.
+                    # The shared final norm makes the deepest c_l exactly timm's forward_features CLS.
                     cls.append(vit.norm(t[:, 0]))
         finally:
             for h in hooks:

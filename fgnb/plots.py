@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["to_display", "draw_box", "attention_grid", "overlay", "plot_history"]
+__all__ = ["to_display", "draw_box", "attention_grid", "overlay", "plot_history", "method_pipeline", "batch_timeline"]
 
 
 def to_display(image: torch.Tensor, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
@@ -82,4 +82,153 @@ def plot_history(histories: dict[str, list[dict]], keys: Sequence[str], ax=None,
     ax.set_xlabel(xlabel)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return ax
+
+
+# ----------------------------------------------------------------------------- method figures
+# Two drawings of the method itself (no model is run): the book's pipeline figure and the
+# timeline of one batch under each update strategy. Symbols follow book/notation.md.
+
+def _node(ax, x, y, w, h, text, fc="#eef3fb", ec="#34495e", fontsize=8, **kw):
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                fc=fc, ec=ec, lw=1.0, **kw))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, wrap=True)
+    return (x, y, w, h)
+
+
+def _arrow(ax, p, q, color="#34495e", style="-|>", rad=0.0, lw=1.0, ls="-"):
+    from matplotlib.patches import FancyArrowPatch
+
+    ax.add_patch(FancyArrowPatch(p, q, arrowstyle=style, mutation_scale=9, color=color, lw=lw, ls=ls,
+                                 connectionstyle=f"arc3,rad={rad}", shrinkA=1, shrinkB=1))
+
+
+def method_pipeline(depth: int = 6, targets: int = 3, ax=None):
+    """The whole method in one drawing.
+
+    Top row (progressive multi-layer training): image (h x w) -> K patches of P x P pixels
+    -> linear projection, position embedding and CLS token (N = 1 + K tokens) -> L encoder
+    layers -> the CLS vectors c_l of the last R layers -> R MLP heads -> logits y_r ->
+    losses l_r. Bottom row (the attention crop): CLS attention a_i^h of the H heads ->
+    product over heads Pi_i -> mean threshold -> box -> crop of the source image, resized
+    to h x w -> back into the same network with the same label.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11.5, 5.2))
+    ax.set_xlim(0, 11.6)
+    ax.set_ylim(0, 5.2)
+    ax.set_axis_off()
+    blue, green, orange, grey = "#dbe8f7", "#dff2e1", "#fde9d4", "#f2f2f2"
+    # top row
+    _node(ax, 0.1, 3.3, 1.2, 1.0, "image\n$h \\times w$", fc=grey)
+    _node(ax, 1.6, 3.3, 1.3, 1.0, "$K$ patches\n$P \\times P$ px", fc=grey)
+    _node(ax, 3.2, 3.3, 1.5, 1.0, "projection $E$\n+ positions\n+ CLS: $N = 1 + K$", fc=blue, fontsize=7.5)
+    _arrow(ax, (1.3, 3.8), (1.6, 3.8))
+    _arrow(ax, (2.9, 3.8), (3.2, 3.8))
+    # the encoder: L layers as a column of thin boxes, the last R highlighted
+    x0, w_l, gap = 5.0, 0.34, 0.06
+    first_target = depth - targets
+    for l in range(depth):
+        fc = orange if l >= first_target else blue
+        _node(ax, x0 + l * (w_l + gap), 3.1, w_l, 1.4, f"{l + 1}", fc=fc, fontsize=7)
+    ax.text(x0 + depth * (w_l + gap) / 2, 4.7, f"encoder: $L = {depth}$ layers, last $R = {targets}$ are targets",
+            ha="center", fontsize=8)
+    _arrow(ax, (4.7, 3.8), (x0, 3.8))
+    # CLS of each target layer -> head -> loss
+    hx = x0 + depth * (w_l + gap) + 0.5
+    for j, l in enumerate(range(first_target, depth)):
+        y = 4.25 - j * 0.55
+        xl = x0 + l * (w_l + gap) + w_l / 2
+        _arrow(ax, (xl, 3.1 if j else 3.1), (hx, y + 0.2), rad=0.25 if j < targets - 1 else 0.15, color="#b9770e")
+        _node(ax, hx, y, 1.25, 0.4, f"MLP head {j + 1}", fc=orange, fontsize=7.5)
+        _node(ax, hx + 1.5, y, 1.65, 0.4, f"$y_{j + 1}$, $\\ell_{j + 1} = \\mathrm{{CE}}(y_{j + 1}, y)$", fc="white",
+              fontsize=7.5)
+        _arrow(ax, (hx + 1.25, y + 0.2), (hx + 1.5, y + 0.2))
+    ax.text(hx + 1.4, 2.5, "CLS vectors $c_l$ of the target layers;\none loss, one backward, one step each",
+            ha="center", fontsize=7.5, style="italic")
+    # bottom row: the attention crop
+    yb = 0.6
+    _node(ax, 5.0, yb, 1.55, 0.9, "CLS attention\n$a_i^h$ ($H \\times K$)", fc=green, fontsize=7.5)
+    _node(ax, 6.85, yb, 1.3, 0.9, "product\n$\\Pi_i = \\prod_h a_i^h$", fc=green, fontsize=7.5)
+    _node(ax, 8.45, yb, 1.1, 0.9, "threshold\n$\\Pi_i > \\bar\\Pi$", fc=green, fontsize=7.5)
+    _node(ax, 9.8, yb, 1.1, 0.9, "box of the\nmarked patches", fc=green, fontsize=7.5)
+    xd = x0 + (depth - 1) * (w_l + gap) + w_l / 2
+    _arrow(ax, (xd, 3.1), (5.8, yb + 0.9), color="#1e8449", rad=-0.2)
+    _arrow(ax, (6.55, yb + 0.45), (6.85, yb + 0.45))
+    _arrow(ax, (8.15, yb + 0.45), (8.45, yb + 0.45))
+    _arrow(ax, (9.55, yb + 0.45), (9.8, yb + 0.45))
+    _node(ax, 1.6, yb, 2.6, 0.9, "crop the box from the source image,\nresize to $h \\times w$ (same label)",
+          fc=green, fontsize=7.5)
+    _arrow(ax, (9.8, yb + 0.1), (4.2, yb + 0.1), color="#1e8449", rad=0.0)
+    _arrow(ax, (2.9, yb + 0.9), (2.25, 3.3), color="#1e8449", rad=0.0, ls="--")
+    ax.text(2.0, 2.2, "back in:\nthe local view", fontsize=7.5, color="#1e8449", ha="right")
+    ax.text(5.0, 1.75, "attention crop (multi-scale module)", fontsize=8, color="#1e8449")
+    ax.text(0.1, 4.85, "progressive multi-layer training", fontsize=8, color="#b9770e")
+    return ax
+
+
+#: What happens to one batch under each strategy, in order: (kind, label, relative width).
+#: kind: 'eval' (a forward without gradients), 'fwd', 'loss', 'bwd', 'step', 'crop'.
+def _timeline_events(strategy: str, targets: tuple[int, ...], depth: int) -> list[tuple[str, str, float]]:
+    R = len(targets)
+    full = depth
+    ev: list[tuple[str, str, float]] = []
+    if strategy == "last":
+        ev += [("fwd", f"forward\nlayers 1..{full}", full), ("loss", f"$\\ell_{R}$", 1), ("bwd", "backward", full),
+               ("step", "step", 1.5)]
+    elif strategy == "summed":
+        ev += [("fwd", f"forward\nlayers 1..{full}", full), ("loss", "$\\sum_r \\ell_r$", 1.4),
+               ("bwd", "backward", full), ("step", "step", 1.5)]
+    elif strategy in ("progressive", "progressive + crop"):
+        crop = strategy != "progressive"
+        if crop:
+            ev += [("eval", f"eval forward\n1..{full}: boxes", full), ("crop", "cut\ncrops", 2.0)]
+        for r, l in enumerate(targets, start=1):
+            n = l + 1
+            if crop:
+                ev += [("fwd", f"fwd 1..{n}\nglobal + crop", n), ("loss", f"$\\ell_{r}$\n$+\\ell_{r}^{{c}}$", 1.8),
+                       ("bwd", "bwd", n), ("step", f"step\n{r}", 1.5)]
+            else:
+                ev += [("fwd", f"fwd\n1..{n}", n), ("loss", f"$\\ell_{r}$", 1), ("bwd", "bwd", n),
+                       ("step", f"step\n{r}", 1.5)]
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    return ev
+
+
+def batch_timeline(depth: int = 6, targets: int = 3, ax=None,
+                   strategies: Sequence[str] = ("last", "summed", "progressive", "progressive + crop")):
+    """The timeline of one batch under each strategy: which forward, backward and optimizer
+    step, in order (widths: forward/backward proportional to the layers they run).
+
+    ``progressive + crop`` is the joint crop step: boxes from an eval-mode forward at the
+    start of the batch (before any update), crops cut from the source image, then for each
+    stage r one forward of the global and the crop view up to layer L_r, one backward of
+    l_r + l_r^crop, one optimizer step.
+    """
+    tgt = tuple(range(depth - targets, depth))
+    colors = {"eval": "#d5dbdb", "fwd": "#dbe8f7", "loss": "white", "bwd": "#f5cba7", "step": "#abebc6",
+              "crop": "#dff2e1"}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(12, 0.8 * len(strategies) + 0.5))
+    rows = {s: _timeline_events(s, tgt, depth) for s in strategies}
+    scale = 0.25
+    xmax = max(sum(w for _, _, w in ev) * scale + 0.08 * len(ev) for ev in rows.values())
+    for i, (name, ev) in enumerate(rows.items()):
+        y = len(strategies) - 1 - i
+        ax.text(-0.1, y + 0.35, name, ha="right", va="center", fontsize=9, weight="bold")
+        x = 0.0
+        for kind, label, w in ev:
+            width = w * scale
+            _node(ax, x, y + 0.05, width, 0.6, label, fc=colors[kind], fontsize=6.5)
+            x += width + 0.08
+        steps = sum(k == "step" for k, _, _ in ev)
+        ax.text(x + 0.1, y + 0.35, f"{steps} step{'s' if steps > 1 else ''}", va="center", fontsize=8)
+    ax.set_xlim(-2.0, xmax + 0.9)
+    ax.set_ylim(-0.2, len(strategies))
+    ax.set_axis_off()
+    ax.set_title(f"one batch, $L = {depth}$ layers, target layers {', '.join(str(l + 1) for l in tgt)} "
+                 "(time runs left to right)", fontsize=9)
     return ax

@@ -32,7 +32,7 @@ import os
 from typing import Any, Sequence
 
 __all__ = ["load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown",
-           "t_quantile", "paired_differences", "seeds_needed"]
+           "t_quantile", "paired_differences", "seeds_needed", "find_results_dir", "load_results_dir"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 
@@ -189,3 +189,54 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
                   "95 % interval": f"[{_fmt(r['low'], 2)}, {_fmt(r['high'], 2)}]", "sd": _fmt(r["sd"], 2)} for r in rows]
         return to_markdown(shown)
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# The results folder of a checkout (chapter 8's set-up). Kept apart from the tables above.
+# ---------------------------------------------------------------------------------------
+
+def find_results_dir(start: str | os.PathLike | None = None) -> str:
+    """``bench/results`` of the first folder at or above ``start`` (default: the cwd) that has
+    a ``bench`` folder; ``<start>/bench/results`` (which may not exist) if none has."""
+    here = os.path.abspath(os.fspath(start) if start is not None else os.getcwd())
+    base = here
+    while True:
+        if os.path.isdir(os.path.join(base, "bench")):
+            return os.path.join(base, "bench", "results")
+        parent = os.path.dirname(base)
+        if parent == base:
+            return os.path.join(here, "bench", "results")
+        base = parent
+
+
+def load_results_dir(folder: str | os.PathLike, verbose: bool = True) -> dict[str, dict[str, Any]]:
+    """Every results file (``*.json``) of ``folder`` by file name, skipping files that are not
+    fgnb results; with ``verbose``, print where each came from (command, commit, machine)."""
+    folder = os.fspath(folder)
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            results[name] = load_results(os.path.join(folder, name))
+        except (ValueError, json.JSONDecodeError) as e:
+            if verbose:
+                print(f"skipping {name}: {e}")
+    if not verbose:
+        return results
+    print("results folder:", folder)
+    if not results:
+        print("NO RESULTS FILES YET: nothing below is measured. Produce them with")
+        print("    python bench/ablation.py      # -> bench/results/ablation_cpu.json")
+        print("    python bench/speed.py         # -> bench/results/speed_cpu.json")
+        print("(In Colab the results files are not part of the installed package: clone the repository,")
+        print(" `!git clone https://github.com/fgnb-book/fgnb`, and set results_dir = 'fgnb/bench/results'.)")
+    for name, r in results.items():
+        m = r.get("machine", {})
+        state = "complete" if r.get("complete", True) else "INCOMPLETE (a partial file: some runs missing)"
+        print(f"- {name}: kind={r['kind']}, {state}")
+        print(f"    command: {r.get('command')}")
+        print(f"    commit {str(r.get('commit'))[:10]} dirty={r.get('dirty')}, started {r.get('started')}, "
+              f"finished {r.get('finished')}")
+        print(f"    machine: {m.get('cpu')} x{m.get('cpu_count')}, cuda={m.get('cuda')}, torch {m.get('torch')}, "
+              f"timm {m.get('timm')}")
+    return results

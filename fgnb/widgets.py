@@ -298,7 +298,7 @@ class ThresholdExplorer(_Explorer):
     Controls: ``image`` (IntSlider), ``mode`` (Dropdown: ``'layer'`` = the head product
     of one block, ``'cumulative'`` = the product over heads and blocks 0..layer,
     ``'rollout'`` = attention rollout over blocks 0..layer), ``layer`` (Dropdown of block
-    indices), ``scale`` (FloatSlider: mark patches with P_i > scale x mean P), ``rule``
+    indices), ``scale`` (FloatSlider: mark patches with Pi_i > scale x mean Pi), ``rule``
     (Dropdown: ``'all'`` marked patches or the ``'largest'`` connected group).
 
     State after every redraw: ``.scores`` (K,) log-space scores, ``.mask`` (K,) bool,
@@ -384,11 +384,11 @@ class ThresholdExplorer(_Explorer):
         ax = fig.add_subplot(1, 3, 1)
         im = ax.imshow(self.scores.view(*grid).numpy(), cmap="inferno")
         fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.set_title(f"log P_i ({what})", fontsize=9)
+        ax.set_title(f"log Π_i ({what})", fontsize=9)
         ax.set_axis_off()
         ax = fig.add_subplot(1, 3, 2)
         ax.imshow(self.mask.view(*grid).numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"P_i > {scale:.2f} x mean: {int(self.mask.sum())}/{self.mask.numel()}", fontsize=9)
+        ax.set_title(f"Π_i > {scale:.2f} x mean: {int(self.mask.sum())}/{self.mask.numel()}", fontsize=9)
         ax.set_axis_off()
         ax = fig.add_subplot(1, 3, 3)
         overlay(ax, img, None, grid, box=self.box, mask=self.mask,
