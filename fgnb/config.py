@@ -92,7 +92,9 @@ class TrainConfig:
     warmup_epochs: float = opt(1.0, "linear warm-up, in epochs, then cosine decay to zero")
     clip_grad: float | None = opt(1.0, "max gradient norm (None: no clipping)")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
-    amp: str = opt("auto", "mixed precision: auto = bf16 on CUDA if supported else fp16; off on CPU/MPS", ("auto", "bf16", "fp16", "off"))
+    amp: str = opt("auto", "mixed precision: auto = bf16 on GPUs with native bf16 (CUDA compute capability >= 8.0), "
+                           "fp16 with a gradient scaler below (T4, V100), off on CPU/MPS; bf16/fp16 force it (CPU: torch's "
+                           "CPU autocast, slow)", ("auto", "bf16", "fp16", "off"))
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device string")
     seed: int = opt(0, "random seed")
     workers: int = opt(0, "DataLoader worker processes")

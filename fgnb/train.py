@@ -39,6 +39,7 @@ __all__ = [
     "evaluate",
     "select_device",
     "autocast_for",
+    "amp_dtype",
     "build_model",
     "build_data",
     "save_checkpoint",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 INFERENCE_MODES = ("last", "mean", "crop")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 CHECKPOINT_VERSION = 1
 # Options that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root"}
@@ -71,15 +73,34 @@ def select_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"device={name!r} is not a torch device (use auto, cpu, cuda, cuda:1, mps): {e}") from e
 
 
+def amp_dtype(device_type: str, amp: str = "auto", capability: tuple[int, int] | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on a device, or ``None`` (full float32).
+
+    ``auto``: bf16 only where the GPU computes it natively (CUDA compute capability >= 8.0:
+    A100, L4, H100, RTX 30xx+), fp16 with a gradient scaler below that (a T4 is 7.5: its
+    ``torch.cuda.is_bf16_supported()`` is True through emulation, and slow), off on
+    CPU/MPS. ``bf16``/``fp16`` force that dtype (on the CPU, torch's CPU autocast: slow,
+    for tests); ``off``: float32. ``capability`` is the CUDA device's (major, minor).
+    """
+    if amp not in AMP_CHOICES:
+        raise ConfigError(f"amp={amp!r} is not valid: choose one of {', '.join(AMP_CHOICES)}")
+    if amp == "off" or device_type not in ("cuda", "cpu"):
+        return None
+    if amp == "auto":
+        if device_type != "cuda":
+            return None
+        return torch.bfloat16 if capability is not None and tuple(capability) >= (8, 0) else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
 def autocast_for(device: torch.device, amp: str) -> tuple[Callable, torch.amp.GradScaler | None]:
-    """Mixed precision on CUDA only: bf16 where supported (no scaler), else fp16 with a scaler."""
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext, None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    """(autocast context factory, GradScaler or None) for ``amp`` on ``device`` (see :func:`amp_dtype`)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    dtype = amp_dtype(device.type, amp, capability)
     if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+        return contextlib.nullcontext, None
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 # ----------------------------------------------------------------------------- model & data
