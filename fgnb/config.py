@@ -102,6 +102,8 @@ class TrainConfig:
     # output
     out: str = opt("runs/default", "run folder: checkpoints, metrics.csv/jsonl, config.yaml")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    checkpoint_minutes: float | None = opt(None, "also write last.pt every this many minutes inside an epoch, so a "
+                                                 "disconnect loses at most that much (None: 10 on CUDA, off on CPU/MPS; 0: off)")
     progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
@@ -145,6 +147,8 @@ class TrainConfig:
                     f"weights={SYNTHETIC!r} is the pre-trained backbone of {arch}, but this config has "
                     + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
                     + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
+            raise ConfigError(f"checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
         if self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be > 0, got {self.threshold_scale}")
         if self.crop_attention == "rollout" and not self.crop and self.select_by != "crop":

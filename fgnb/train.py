@@ -54,7 +54,7 @@ INFERENCE_MODES = ("last", "mean", "crop")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 CHECKPOINT_VERSION = 1
 # Options that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root"}
+RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "checkpoint_minutes"}
 
 
 # ----------------------------------------------------------------------------- devices
@@ -201,9 +201,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         if n < batch_size:
             raise ConfigError(f"batch_size={batch_size} is larger than the training set ({n} images)")
         self.n, self.batch_size, self.seed, self.rank, self.world, self.epoch = n, batch_size, seed, rank, world, 0
+        self.skip = 0  # batches of this epoch already trained (a resume inside an epoch)
 
     def __iter__(self):
-        for b in _epoch_batches(self.n, self.batch_size, self.seed, self.epoch):
+        for b in _epoch_batches(self.n, self.batch_size, self.seed, self.epoch)[self.skip :]:
             yield b[self.rank :: self.world]
 
     def __len__(self):
@@ -396,11 +397,40 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
+def _rng_state() -> dict:
+    """Every generator a training step may draw from (saved inside an epoch)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["random"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_interval(cfg: TrainConfig, device: torch.device) -> float | None:
+    """Seconds between checkpoints inside an epoch (``checkpoint_minutes``), or None."""
+    minutes = cfg.checkpoint_minutes
+    if minutes is None:
+        minutes = 10.0 if device.type == "cuda" else 0.0
+    return 60.0 * minutes if minutes > 0 else None
+
+
+def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
+          stop_after_batch: tuple[int, int] | None = None) -> dict:
     """Train as ``cfg`` says; returns {'history', 'test', 'out', 'best_epoch'}.
 
     ``stop_after_epoch`` ends the call after that epoch's checkpoint, as an interruption
-    would (tests of ``resume`` use it).
+    would (tests of ``resume`` use it); ``stop_after_batch=(epoch, batch)`` (1-based) ends it
+    inside an epoch, after writing the checkpoint that ``checkpoint_minutes`` would write.
     """
     cfg = cfg.validate()
     device = select_device(cfg.device)
@@ -436,7 +466,17 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     crop_layers = crop_attention_layers(model.target_layers, cfg.crop_attention) if cfg.crop else None
 
     history: list[dict] = []
-    start_epoch, best, best_epoch = 0, -1.0, -1
+    start_epoch, best, best_epoch, mid = 0, -1.0, -1, None
+
+    def checkpoint(last_epoch: int, mid_epoch: dict | None = None) -> dict:
+        """The run after ``last_epoch`` (0-based) and, inside the next one, ``mid_epoch``."""
+        return {
+            "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "epoch": last_epoch, "num_classes": num_classes,
+            "classes": list(getattr(data["train"], "classes", [])),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "history": history, "best": best, "best_epoch": best_epoch, "mid_epoch": mid_epoch,
+        }
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         _check_resume(cfg, state["config"], ckpt_path)
@@ -446,14 +486,16 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-        best, best_epoch = state["best"], state["best_epoch"]
+        best, best_epoch, mid = state["best"], state["best_epoch"], state.get("mid_epoch")
         if main:
-            print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}")
+            inside = f", batch {mid['batch']}/{steps_per_epoch} of epoch {mid['epoch'] + 1}" if mid else ""
+            print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}{inside}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
 
     show = cfg.progress and main
+    every, last_save = checkpoint_interval(cfg, device), time.monotonic()
     for epoch in tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not show, initial=start_epoch, total=cfg.epochs):
         # Every random draw of an epoch depends on (seed, epoch) only: resume-exact.
         _seed_everything(cfg.seed * 1000 + epoch)
@@ -461,9 +503,18 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         model.train()
         stage_losses: list[list[float]] = []
         crop_losses: list[list[float]] = []
-        t0, seen = time.perf_counter(), 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=steps_per_epoch, leave=False, disable=not show)
-        for i, batch in enumerate(bar):
+        t0, seen, done = time.perf_counter(), 0, 0
+        inside = mid is not None and mid["epoch"] == epoch
+        if inside:  # resume inside this epoch: skip the trained batches
+            done, stage_losses, crop_losses, seen = mid["batch"], mid["stage_losses"], mid["crop_losses"], mid["seen"]
+            t0 -= mid["elapsed"]
+        sampler.skip = done
+        batches = iter(loader)  # (draws the loader's base seed from the global RNG)
+        if inside:
+            _set_rng_state(mid["rng"])
+        mid = None
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}", total=steps_per_epoch, initial=done, leave=False, disable=not show)
+        for i, batch in enumerate(bar, start=done):
             if i >= steps_per_epoch:
                 break
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
@@ -482,6 +533,15 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             scheduler.step()
             seen += len(y) * dist.world_size()
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
+            stop = stop_after_batch is not None and (epoch + 1, i + 1) == tuple(stop_after_batch)
+            if (stop or (every is not None and time.monotonic() - last_save >= every)) and i + 1 < steps_per_epoch:
+                if main:  # inside the epoch: what the rest of it needs to continue bit-exactly
+                    save_checkpoint(ckpt_path, checkpoint(epoch - 1, {
+                        "epoch": epoch, "batch": i + 1, "stage_losses": stage_losses, "crop_losses": crop_losses,
+                        "seen": seen, "elapsed": time.perf_counter() - t0, "rng": _rng_state()}))
+                last_save = time.monotonic()
+                if stop:
+                    return {"history": history, "test": None, "out": str(out), "best_epoch": best_epoch, "interrupted": True}
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         mean_losses = np.mean(stage_losses, axis=0) if stage_losses else []
@@ -502,13 +562,8 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         if improved:
             best, best_epoch = score, epoch + 1
         if main:
-            state = {
-                "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "epoch": epoch, "num_classes": num_classes,
-                "classes": list(getattr(data["train"], "classes", [])),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "history": history, "best": best, "best_epoch": best_epoch,
-            }
+            state = checkpoint(epoch)
+            last_save = time.monotonic()
             if improved:
                 save_checkpoint(out / "best.pt", state)
             save_checkpoint(ckpt_path, state)
