@@ -26,12 +26,20 @@ class ConfigError(ValueError):
 #: ``weights`` alias of the backbone that ships with fgnb (see :mod:`fgnb.pretrained`)
 SYNTHETIC = "fgnb:synthetic"
 #: the architecture options that backbone needs
+#: data sets that download=True can fetch
+DOWNLOADABLE = ("cub", "aircraft", "flowers", "pets")
 SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embed_dim=96, num_heads=3)
 
 
 def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]:
-    """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}."""
-    return {k: (saved.get(k), v) for k, v in wanted.items() if k not in ignore and saved.get(k) != v}
+    """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}.
+
+    An option missing from ``saved`` (added to fgnb after that run) counts as its default.
+    """
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in fields(TrainConfig)}
+    was = {k: saved.get(k, defaults.get(k)) for k in wanted}
+    return {k: (was[k], v) for k, v in wanted.items() if k not in ignore and was[k] != v}
 
 
 def opt(default, help: str, choices: tuple | None = None):
@@ -101,6 +109,8 @@ class TrainConfig:
     limit_batches: int | None = opt(None, "stop each epoch after this many batches (quick runs and tests)")
     # output
     out: str = opt("runs/default", "run folder: checkpoints, metrics.csv/jsonl, config.yaml")
+    download: bool = opt(False, "fetch the data set into data_root if it is not there (cub: the official 1.1 GB "
+                                "archive, MD5-checked, resumable; aircraft, flowers, pets: torchvision's download)")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
     checkpoint_minutes: float | None = opt(None, "also write last.pt every this many minutes inside an epoch, so a "
                                                  "disconnect loses at most that much (None: 10 on CUDA, off on CPU/MPS; 0: off)")
@@ -147,6 +157,9 @@ class TrainConfig:
                     f"weights={SYNTHETIC!r} is the pre-trained backbone of {arch}, but this config has "
                     + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
                     + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
+        if self.download and self.dataset not in DOWNLOADABLE:
+            raise ConfigError(f"download=True fetches {', '.join(DOWNLOADABLE)}; dataset={self.dataset!r} "
+                              "is generated locally (synthetic) or is your own folder (folder)")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
             raise ConfigError(f"checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
         if self.threshold_scale <= 0:

@@ -54,7 +54,7 @@ INFERENCE_MODES = ("last", "mean", "crop")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 CHECKPOINT_VERSION = 1
 # Options that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "checkpoint_minutes"}
+RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "checkpoint_minutes", "download"}
 
 
 # ----------------------------------------------------------------------------- devices
@@ -154,8 +154,14 @@ def _synthetic_params(cfg: TrainConfig) -> dict:
 def build_data(cfg: TrainConfig, mean, std) -> dict[str, Any]:
     """train / val / test data sets with the FGVC transform and the weights' normalisation."""
     source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
+    root = cfg.data_root
+    if cfg.download and cfg.dataset == "cub":
+        from .data import download_cub
+
+        with dist.main_first():  # rank 0 downloads, the others wait and find it there
+            root = str(download_cub(root, progress=cfg.progress and dist.is_main()))
     common = dict(
-        root=cfg.data_root, image_size=cfg.img_size, mean=mean, std=std, resize_size=cfg.resize_size,
+        root=root, download=cfg.download, image_size=cfg.img_size, mean=mean, std=std, resize_size=cfg.resize_size,
         val_fraction=cfg.val_fraction, seed=cfg.seed,
         synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None,
     )
