@@ -8,6 +8,11 @@ Three functions, no pandas::
     print(ablation_table(res, markdown=True))  # the same as a markdown table
     print(speed_table(load_results("bench/results/speed_cpu.json"), markdown=True))
 
+``find_results(name)`` finds a recorded file by name wherever fgnb runs: in a checkout
+``bench/results/<name>`` (``bench/published.json`` for ``'published.json'``), in an
+installed fgnb (a wheel, Colab) the copies packaged in ``fgnb/recorded/``;
+``find_results()`` is the results folder itself.
+
 ``load_results(path)`` returns the JSON as a dict and checks its ``kind`` (``'ablation'``
 from ``bench/ablation.py``, ``'speed'`` from ``bench/speed.py``, ``'published'`` for
 ``bench/published.json``).
@@ -29,12 +34,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 from typing import Any, Sequence
 
-__all__ = ["load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown"]
+__all__ = ["find_results", "load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 KINDS = ("ablation", "speed", "published")
+
+
+def _recorded_bases() -> list[pathlib.Path]:
+    """bench/ of the checkout this fgnb runs from, then the copy packaged with fgnb."""
+    here = pathlib.Path(__file__).resolve().parent
+    return [b for b in (here.parent / "bench", here / "recorded") if (b / "results").is_dir()]
+
+
+def find_results(name: str | None = None) -> pathlib.Path:
+    """The recorded results file ``name`` (e.g. ``'ablation_cpu.json'``, ``'published.json'``),
+    from the checkout's ``bench/`` or, installed, from ``fgnb/recorded/``; no name: the
+    results folder. Raises FileNotFoundError listing the recorded files."""
+    bases = _recorded_bases()
+    for base in bases:
+        path = base / ("results" if name is None else "published.json" if name == "published.json" else f"results/{name}")
+        if path.exists():
+            return path
+    where = " or ".join(str(b) for b in bases) or "no bench/results folder and no packaged copy (fgnb/recorded)"
+    known = sorted({p.name for b in bases for p in (b / "results").glob("*.json")} | {"published.json"})
+    raise FileNotFoundError(f"no recorded results file {name!r} in {where}; recorded: {', '.join(known)}")
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
