@@ -104,28 +104,38 @@ def small_vit_kwargs(a) -> dict:
 class TimmStep:
     """The reference: a plain timm ViT training step with its own head."""
 
-    def __init__(self, model_name, num_classes, lr, device, **kw):
+    def __init__(self, model_name, num_classes, lr, device, amp="off", **kw):
         import timm
+        from fgnb.train import autocast_for
         self.model = timm.create_model(model_name, num_classes=num_classes, **kw).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
+        self.autocast, self.scaler = autocast_for(torch.device(device), amp)
 
     def __call__(self, x, y):
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.opt.step()
+        with self.autocast():
+            loss = F.cross_entropy(self.model(x).float(), y)
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
 
 
 class FgnbStep:
     """One fgnb strategy step; with ``crop`` also the crop branch exactly as train() runs it."""
 
-    def __init__(self, strategy, crop, model_name, num_classes, lr, device, **kw):
+    def __init__(self, strategy, crop, model_name, num_classes, lr, device, amp="off", **kw):
         from fgnb.model import create_model
         from fgnb.strategies import StepContext, make_strategy
+        from fgnb.train import autocast_for
         self.model = create_model(model_name, num_classes=num_classes, **kw).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
         self.strategy, self.crop = make_strategy(strategy), crop
-        self.ctx = StepContext()
+        autocast, scaler = autocast_for(torch.device(device), amp)
+        self.ctx = StepContext(autocast=autocast, scaler=scaler)
         self.size = kw["img_size"]
 
     def __call__(self, x, y):
@@ -142,10 +152,11 @@ class FgnbStep:
 
 def make_step(item, a, device):
     kw = small_vit_kwargs(a)
+    amp = getattr(a, "amp", "off")  # the same mixed precision for the reference and fgnb
     if item == "timm":
-        return TimmStep(a.model, a.classes, 1e-4, device, **kw)
+        return TimmStep(a.model, a.classes, 1e-4, device, amp=amp, **kw)
     strategy, crop = item.split("+")[0], item.endswith("+crop")
-    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, **kw)
+    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, amp=amp, **kw)
 
 
 def ideal_costs(depth: int, targets: int = 3) -> dict:
@@ -455,6 +466,8 @@ def main(argv=None) -> int:
     p.add_argument("--sections", nargs="+", default=["train_step", "memory", "attn_capture", "crop"],
                    choices=["train_step", "memory", "attn_capture", "crop"])
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
+    p.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"),
+                   help="mixed precision of the train steps, timm's reference and fgnb's alike (fp16: with a GradScaler)")
     p.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 __all__ = ["find_results", "load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
-KINDS = ("ablation", "speed", "published")
+KINDS = ("ablation", "speed", "published", "gpu_check")
 
 
 def _recorded_bases() -> list[pathlib.Path]:

@@ -494,8 +494,9 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
         start_epoch, history = state["epoch"] + 1, state["history"]
         best, best_epoch, mid = state["best"], state["best_epoch"], state.get("mid_epoch")
         if main:
-            inside = f", batch {mid['batch']}/{steps_per_epoch} of epoch {mid['epoch'] + 1}" if mid else ""
-            print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}{inside}")
+            where = (f"inside epoch {mid['epoch'] + 1}/{cfg.epochs}, after batch {mid['batch']}/{steps_per_epoch}" if mid
+                     else f"after epoch {state['epoch'] + 1}/{cfg.epochs}")
+            print(f"resuming {out} {where}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))

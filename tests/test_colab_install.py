@@ -149,3 +149,14 @@ def test_install_cell_changes_nothing_colab_has(colab_like, wheel, tmp_path):
         assert pathlib.Path(path) == site / "recorded" / "results" / name
         assert head == (ROOT / "bench" / "results" / name).read_bytes().hex()[:64] and rows > 2
     assert pathlib.Path(res["published"]) == site / "recorded" / "published.json"
+
+
+def test_find_results_in_the_checkout():
+    from fgnb.results import find_results
+
+    assert find_results() == ROOT / "bench" / "results"
+    for p in (ROOT / "bench" / "results").glob("*.json"):
+        assert find_results(p.name) == p
+    assert find_results("published.json") == ROOT / "bench" / "published.json"
+    with pytest.raises(FileNotFoundError, match="no recorded results file 'nope.json'.*recorded: .*published.json"):
+        find_results("nope.json")
