@@ -59,8 +59,8 @@ def find_results(name: str | None = None) -> pathlib.Path:
         if path.exists():
             return path
     where = " or ".join(str(b) for b in bases) or "no bench/results folder and no packaged copy (fgnb/recorded)"
-    known = sorted({p.name for b in bases for p in (b / "results").glob("*.json")} | {"published.json"})
-    raise FileNotFoundError(f"no recorded results file {name!r} in {where}; recorded: {', '.join(known)}")
+    known = sorted({p.name for b in bases for p in [*(b / "results").glob("*.json"), b / "published.json"] if p.exists()})
+    raise FileNotFoundError(f"no recorded results file {name!r} in {where}; recorded: {', '.join(known) or 'none'}")
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
