@@ -84,8 +84,11 @@ def amp_dtype(device_type: str, amp: str = "auto", capability: tuple[int, int] |
     """
     if amp not in AMP_CHOICES:
         raise ConfigError(f"amp={amp!r} is not valid: choose one of {', '.join(AMP_CHOICES)}")
-    if amp == "off" or device_type not in ("cuda", "cpu"):
+    if amp == "off" or (amp == "auto" and device_type not in ("cuda", "cpu")):
         return None
+    if device_type not in ("cuda", "cpu"):
+        raise ConfigError(f"amp={amp!r} on device {device_type!r}: fgnb does mixed precision on cuda (and cpu, for "
+                          "tests) only; use amp=auto or off there")
     if amp == "auto":
         if device_type != "cuda":
             return None

@@ -31,7 +31,8 @@ def test_amp_choices_per_device():
     assert amp_dtype("cuda", "fp16", (9, 0)) == torch.float16
     assert amp_dtype("cuda", "bf16", (7, 5)) == torch.bfloat16  # forced: the user asked for it
     assert amp_dtype("cpu", "fp16") == torch.float16            # CPU autocast (tests)
-    assert amp_dtype("mps", "fp16") is None
+    with pytest.raises(ConfigError, match="amp='fp16' on device 'mps'.*auto or off"):
+        amp_dtype("mps", "fp16")
     with pytest.raises(ConfigError, match="amp='half'.*auto, bf16, fp16, off"):
         amp_dtype("cuda", "half", (8, 0))
 
