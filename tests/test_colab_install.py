@@ -103,7 +103,8 @@ def test_install_cell_changes_nothing_colab_has(colab_like, wheel, tmp_path):
     after = installed(python)
     changed = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
     assert not changed, f"the install cell changed preinstalled packages: {changed}"
-    assert set(after) - set(before) == {"fgnb", *MISSING}
+    added = set(after) - set(before)
+    assert {"fgnb", *MISSING} <= added, added  # (and whatever new dependency a future timm brings)
 
     # outside the checkout: the installed fgnb, its recorded results, the explorers on ipywidgets 7.7
     names = sorted(p.name for p in (ROOT / "bench" / "results").glob("*.json"))
