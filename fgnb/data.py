@@ -27,7 +27,6 @@ workers' copies of the data set.)
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pathlib
@@ -41,7 +40,6 @@ __all__ = [
     "load_rgb", "PairedTransform", "make_transform", "CUBDataset",
     "ImageFolderDataset", "TorchvisionDataset", "torchvision_dataset",
     "build_dataset", "DATASET_NAMES", "stratified_split",
-    "download_cub", "DownloadError", "CUB_URL", "CUB_MD5",
 ]
 
 DATASET_NAMES = ("synthetic", "cub", "folder", "aircraft", "flowers", "pets")
@@ -512,6 +510,9 @@ def build_dataset(name: str = "synthetic", root=None, split: str = "train",
 
 
 # --- CUB-200-2011 download ----------------------------------------------------
+import contextlib  # noqa: E402  (this section is self-contained)
+
+__all__ += ["download_cub", "DownloadError", "CUB_URL", "CUB_MD5"]
 #: the official archive (Caltech DATA) and its MD5
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
