@@ -109,16 +109,24 @@ def small_vit_kwargs(a) -> dict:
 class TimmStep:
     """The reference: a plain timm ViT training step with its own head."""
 
-    def __init__(self, model_name, num_classes, lr, device, **kw):
+    def __init__(self, model_name, num_classes, lr, device, amp="off", **kw):
         import timm
+        from fgnb.train import autocast_for
         self.model = timm.create_model(model_name, num_classes=num_classes, **kw).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
+        self.autocast, self.scaler = autocast_for(torch.device(device), amp)
 
     def __call__(self, x, y):
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.opt.step()
+        with self.autocast():
+            loss = F.cross_entropy(self.model(x).float(), y)
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
 
 
 class FgnbStep:
@@ -126,16 +134,18 @@ class FgnbStep:
     ``crop``, the boxes' eval-mode forward (``crop_views``, crops cut from a 4x source view)
     and the joint step (``crop_update='joint'``) or the extra steps on the crops (``separate``)."""
 
-    def __init__(self, strategy, crop, model_name, num_classes, lr, device, crop_update="joint", **kw):
+    def __init__(self, strategy, crop, model_name, num_classes, lr, device, crop_update="joint", amp="off", **kw):
         from fgnb.config import TrainConfig
         from fgnb.model import create_model
         from fgnb.strategies import StepContext, make_strategy
+        from fgnb.train import autocast_for
         self.model = create_model(model_name, num_classes=num_classes, **kw).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
         self.strategy, self.crop = make_strategy(strategy), crop
-        self.ctx = StepContext()
+        autocast, scaler = autocast_for(torch.device(device), amp)
+        self.ctx = StepContext(autocast=autocast, scaler=scaler)
         self.cfg = TrainConfig(model=model_name, weights=None, img_size=kw["img_size"], patch_size=kw.get("patch_size"),
-                               crop=crop, crop_update=crop_update, crop_from="source")
+                               crop=crop, crop_update=crop_update, crop_from="source", amp=amp)
         self._source = None
 
     def __call__(self, x, y):
@@ -146,7 +156,7 @@ class FgnbStep:
             return
         if self._source is None or self._source[0] is not x:
             self._source = (x, F.interpolate(x, scale_factor=4, mode="bilinear"))
-        crops, _, _ = crop_views(m, {"source": self._source[1]}, x, self.cfg)
+        crops, _, _ = crop_views(m, {"source": self._source[1]}, x, self.cfg, self.ctx.autocast)
         if self.cfg.crop_update == "joint":
             self.strategy.step(m, self.opt, x, y, self.ctx, crops=crops)
         else:
@@ -156,11 +166,12 @@ class FgnbStep:
 
 def make_step(item, a, device):
     kw = small_vit_kwargs(a)
+    amp = getattr(a, "amp", "off")  # the same mixed precision for the reference and fgnb
     if item == "timm":
-        return TimmStep(a.model, a.classes, 1e-4, device, **kw)
+        return TimmStep(a.model, a.classes, 1e-4, device, amp=amp, **kw)
     strategy, crop = item.split("+")[0], "+crop" in item
     update = "separate" if item.endswith(":separate") else "joint"
-    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, crop_update=update, **kw)
+    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, crop_update=update, amp=amp, **kw)
 
 
 def ideal_costs(depth: int, targets: int = 3) -> dict:
@@ -511,6 +522,8 @@ def main(argv=None) -> int:
                    choices=["train_step", "memory", "attn_capture", "crop", "epoch"])
     p.add_argument("--epoch-workers", type=int, nargs="+", default=[0, 1], help="DataLoader workers timed in 'epoch'")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
+    p.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"),
+                   help="mixed precision of the train steps, timm's reference and fgnb's alike (fp16: with a GradScaler)")
     p.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 

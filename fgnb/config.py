@@ -27,6 +27,8 @@ class ConfigError(ValueError):
 #: ``weights`` alias of the backbone that ships with fgnb (see :mod:`fgnb.pretrained`)
 SYNTHETIC = "fgnb:synthetic"
 #: the architecture options that backbone needs
+#: data sets that download=True can fetch
+DOWNLOADABLE = ("cub", "aircraft", "flowers", "pets")
 SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embed_dim=96, num_heads=3)
 
 
@@ -148,7 +150,9 @@ class TrainConfig:
     warmup_epochs: float = opt(1.0, "linear warm-up, in epochs, then cosine decay to zero")
     clip_grad: float | None = opt(1.0, "max gradient norm (None: no clipping)")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
-    amp: str = opt("auto", "mixed precision: auto = bf16 on CUDA if supported else fp16; off on CPU/MPS", ("auto", "bf16", "fp16", "off"))
+    amp: str = opt("auto", "mixed precision: auto = bf16 on GPUs with native bf16 (CUDA compute capability >= 8.0), "
+                           "fp16 with a gradient scaler below (T4, V100), off on CPU/MPS; bf16/fp16 force it (CPU: torch's "
+                           "CPU autocast, slow)", ("auto", "bf16", "fp16", "off"))
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device string")
     seed: int = opt(0, "random seed")
     workers: int = opt(0, "DataLoader worker processes")
@@ -157,7 +161,11 @@ class TrainConfig:
     limit_batches: int | None = opt(None, "stop each epoch after this many batches (quick runs and tests)")
     # output
     out: str = opt("runs/default", "run folder: checkpoints, metrics.csv/jsonl, config.yaml")
+    download: bool = opt(False, "fetch the data set into data_root if it is not there (cub: the official 1.1 GB "
+                                "archive, MD5-checked, resumable; aircraft, flowers, pets: torchvision's download)")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    checkpoint_minutes: float | None = opt(None, "also write last.pt every this many minutes inside an epoch, so a "
+                                                 "disconnect loses at most that much (None: 10 on CUDA, off on CPU/MPS; 0: off)")
     progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
@@ -213,6 +221,11 @@ class TrainConfig:
                     + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
         if not 0 <= self.crop_margin <= 4:
             raise ConfigError(f"crop_margin must be in [0, 4] (a share of the box's side), got {self.crop_margin}")
+        if self.download and self.dataset not in DOWNLOADABLE:
+            raise ConfigError(f"download=True fetches {', '.join(DOWNLOADABLE)}; dataset={self.dataset!r} "
+                              "is generated locally (synthetic) or is your own folder (folder)")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
+            raise ConfigError(f"checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
         return self
 
     def _check_targets(self) -> None:

@@ -742,3 +742,132 @@ def build_dataset(name: str = "synthetic", root=None, split: str = "train",
     if name == "folder":
         return ImageFolderDataset(root, split, tf, on_error, val_fraction=val_fraction, seed=seed)
     return torchvision_dataset(name, root, split, tf, download, val_fraction, seed, on_error)
+
+
+# --- CUB-200-2011 download ----------------------------------------------------
+import contextlib  # noqa: E402  (this section is self-contained)
+
+__all__ += ["download_cub", "DownloadError", "CUB_URL", "CUB_MD5"]
+#: the official archive (Caltech DATA) and its MD5
+CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
+CUB_MD5 = "97eceeb196236b17998738112f37df78"
+CUB_ARCHIVE = "CUB_200_2011.tgz"
+
+
+class DownloadError(RuntimeError):
+    """A download or an archive failed; the message says what was kept or removed."""
+
+
+def _fetch(url: str, part: pathlib.Path, progress: bool, timeout: float = 60.0) -> None:
+    """Download ``url`` into ``part``, continuing an earlier partial transfer (HTTP Range)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "fgnb"} | ({"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            if have and r.status != 206:
+                have = 0  # the server ignored the range: start over
+            total = None if r.length is None else have + r.length
+            with open(part, "ab" if have else "wb") as f, tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"),
+                    disable=not progress) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left to fetch: the file is complete (the MD5 decides)
+            return
+        raise DownloadError(f"downloading {url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        size = part.stat().st_size if part.exists() else 0
+        raise DownloadError(f"downloading {url} failed after {size} bytes ({e}); the partial file {part} is kept: "
+                            "run again to resume") from e
+    size = part.stat().st_size
+    if total is not None and size < total:
+        raise DownloadError(f"downloading {url} stopped at {size} of {total} bytes; the partial file {part} is kept: "
+                            "run again to resume")
+
+
+@contextlib.contextmanager
+def _safe_extraction():
+    """tarfile's 'data' filter for every extraction inside (no absolute paths, no '..',
+    no links out of the folder, no devices): torchvision's extract_archive has none."""
+    import tarfile
+
+    if not hasattr(tarfile, "data_filter"):  # Python < 3.11.4
+        raise DownloadError("safe extraction needs Python >= 3.11.4 or >= 3.10.12 (tarfile filters)")
+    saved = tarfile.TarFile.extraction_filter
+    tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)
+    try:
+        yield
+    finally:
+        tarfile.TarFile.extraction_filter = saved
+
+
+def download_cub(root=None, url: str | None = None, md5: str | None = None, progress: bool = True) -> pathlib.Path:
+    """Fetch CUB-200-2011 into the folder ``root`` (returned) unless it is there already.
+
+    ``root`` is the data set folder (it ends up holding ``images.txt``; default
+    ``$FGNB_DATA/CUB_200_2011`` or ``~/.cache/fgnb/CUB_200_2011``). The archive
+    (``url``, default :data:`CUB_URL`, 1.1 GB) goes next to it, as ``CUB_200_2011.tgz.part``
+    while it downloads (with a progress bar; an interrupted transfer resumes where it
+    stopped on the next call). Its MD5 must be ``md5`` (default :data:`CUB_MD5`), else it is
+    removed and :class:`DownloadError` says so. torchvision's ``download_and_extract_archive``
+    then checks it and extracts it, with tarfile's safe 'data' filter, into a temporary
+    folder that is renamed to ``root`` only when complete.
+    """
+    import shutil
+    import tempfile
+
+    from torchvision.datasets.utils import calculate_md5, check_integrity, download_and_extract_archive
+
+    if root is None:
+        from .synthetic import default_root
+
+        root = default_root() / "CUB_200_2011"
+    root = pathlib.Path(root).expanduser()
+    url, md5 = url or CUB_URL, md5 or CUB_MD5
+    if (root / "images.txt").is_file():
+        return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DownloadError(f"{root} exists but holds no images.txt: remove it or choose another data_root "
+                            "(the download creates the folder)")
+    parent = root.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    archive, part = parent / CUB_ARCHIVE, parent / (CUB_ARCHIVE + ".part")
+    if not check_integrity(archive, md5):
+        if archive.exists():  # incomplete or damaged: continue it as a partial download
+            os.replace(archive, part)
+        _fetch(url, part, progress)
+        actual = calculate_md5(part)
+        if actual != md5:
+            part.unlink()
+            raise DownloadError(f"{url}: the download's MD5 is {actual}, not the archive's {md5} (a damaged or "
+                                f"different file); removed it: run again to download it anew")
+        os.replace(part, archive)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".CUB_200_2011.extract-", dir=parent))
+    try:
+        with _safe_extraction():
+            download_and_extract_archive(url, download_root=str(parent), extract_root=str(tmp),
+                                         filename=CUB_ARCHIVE, md5=md5)
+        found = tmp / "CUB_200_2011"
+        if not (found / "images.txt").is_file():
+            raise DownloadError(f"{archive} has no CUB_200_2011/images.txt: not the CUB-200-2011 archive; {_CUB_LAYOUT}")
+        if root.exists():
+            root.rmdir()  # empty (checked above)
+        os.replace(found, root)
+    except Exception as e:
+        import tarfile
+
+        if isinstance(e, tarfile.FilterError):
+            raise DownloadError(f"{archive}: refused to extract an unsafe member ({e}); nothing was extracted "
+                                f"into {root}") from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

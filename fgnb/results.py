@@ -8,6 +8,11 @@ Three functions, no pandas::
     print(ablation_table(res, markdown=True))  # the same as a markdown table
     print(speed_table(load_results("bench/results/speed_cpu.json"), markdown=True))
 
+``find_results(name)`` finds a recorded file by name wherever fgnb runs: in a checkout
+``bench/results/<name>`` (``bench/published.json`` for ``'published.json'``), in an
+installed fgnb (a wheel, Colab) the copies packaged in ``fgnb/recorded/``;
+``find_results()`` is the results folder itself.
+
 ``load_results(path)`` returns the JSON as a dict and checks its ``kind`` (``'ablation'``
 from ``bench/ablation.py``, ``'speed'`` from ``bench/speed.py``, ``'published'`` for
 ``bench/published.json``).
@@ -29,10 +34,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 from typing import Any, Sequence
 
-__all__ = ["load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown",
-           "t_quantile", "paired_differences", "seeds_needed", "find_results_dir", "load_results_dir"]
+__all__ = ["find_results", "load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown",
+           "t_quantile", "paired_differences", "seeds_needed", "load_results_dir"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 
@@ -40,7 +46,27 @@ ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", 
 _T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
          10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314, 16: 2.1199, 17: 2.1098,
          18: 2.1009, 19: 2.0930, 20: 2.0860, 25: 2.0595, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}
-KINDS = ("ablation", "speed", "published")
+KINDS = ("ablation", "speed", "published", "gpu_check")
+
+
+def _recorded_bases() -> list[pathlib.Path]:
+    """bench/ of the checkout this fgnb runs from, then the copy packaged with fgnb."""
+    here = pathlib.Path(__file__).resolve().parent
+    return [b for b in (here.parent / "bench", here / "recorded") if (b / "results").is_dir()]
+
+
+def find_results(name: str | None = None) -> pathlib.Path:
+    """The recorded results file ``name`` (e.g. ``'ablation_cpu.json'``, ``'published.json'``),
+    from the checkout's ``bench/`` or, installed, from ``fgnb/recorded/``; no name: the
+    results folder. Raises FileNotFoundError listing the recorded files."""
+    bases = _recorded_bases()
+    for base in bases:
+        path = base / ("results" if name is None else "published.json" if name == "published.json" else f"results/{name}")
+        if path.exists():
+            return path
+    where = " or ".join(str(b) for b in bases) or "no bench/results folder and no packaged copy (fgnb/recorded)"
+    known = sorted({p.name for b in bases for p in [*(b / "results").glob("*.json"), b / "published.json"] if p.exists()})
+    raise FileNotFoundError(f"no recorded results file {name!r} in {where}; recorded: {', '.join(known) or 'none'}")
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -192,22 +218,8 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
 
 
 # ---------------------------------------------------------------------------------------
-# The results folder of a checkout (chapter 8's set-up). Kept apart from the tables above.
+# A results folder, every file at once (chapter 8's set-up; fgnb.results.find_results finds it).
 # ---------------------------------------------------------------------------------------
-
-def find_results_dir(start: str | os.PathLike | None = None) -> str:
-    """``bench/results`` of the first folder at or above ``start`` (default: the cwd) that has
-    a ``bench`` folder; ``<start>/bench/results`` (which may not exist) if none has."""
-    here = os.path.abspath(os.fspath(start) if start is not None else os.getcwd())
-    base = here
-    while True:
-        if os.path.isdir(os.path.join(base, "bench")):
-            return os.path.join(base, "bench", "results")
-        parent = os.path.dirname(base)
-        if parent == base:
-            return os.path.join(here, "bench", "results")
-        base = parent
-
 
 def load_results_dir(folder: str | os.PathLike, verbose: bool = True) -> dict[str, dict[str, Any]]:
     """Every results file (``*.json``) of ``folder`` by file name, skipping files that are not
@@ -228,8 +240,6 @@ def load_results_dir(folder: str | os.PathLike, verbose: bool = True) -> dict[st
         print("NO RESULTS FILES YET: nothing below is measured. Produce them with")
         print("    python bench/ablation.py      # -> bench/results/ablation_cpu.json")
         print("    python bench/speed.py         # -> bench/results/speed_cpu.json")
-        print("(In Colab the results files are not part of the installed package: clone the repository,")
-        print(" `!git clone https://github.com/fgnb-book/fgnb`, and set results_dir = 'fgnb/bench/results'.)")
     for name, r in results.items():
         m = r.get("machine", {})
         state = "complete" if r.get("complete", True) else "INCOMPLETE (a partial file: some runs missing)"

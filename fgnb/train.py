@@ -39,6 +39,7 @@ __all__ = [
     "evaluate",
     "select_device",
     "autocast_for",
+    "amp_dtype",
     "build_model",
     "build_data",
     "save_checkpoint",
@@ -52,10 +53,12 @@ __all__ = [
 ]
 
 INFERENCE_MODES = ("last", "mean", "crop", "crop_only")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 CHECKPOINT_VERSION = 1
 _CHECKPOINT_KEYS = ("version", "model", "config", "num_classes")
 # Options that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "verify_data", "on_error"}
+RESUMABLE = {"resume", "progress", "workers", "device", "out", "data_root", "verify_data", "on_error",
+             "checkpoint_minutes", "download", "cache_images"}
 
 
 # ----------------------------------------------------------------------------- devices
@@ -74,15 +77,37 @@ def select_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"device={name!r} is not a torch device (use auto, cpu, cuda, cuda:1, mps): {e}") from e
 
 
+def amp_dtype(device_type: str, amp: str = "auto", capability: tuple[int, int] | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on a device, or ``None`` (full float32).
+
+    ``auto``: bf16 only where the GPU computes it natively (CUDA compute capability >= 8.0:
+    A100, L4, H100, RTX 30xx+), fp16 with a gradient scaler below that (a T4 is 7.5: its
+    ``torch.cuda.is_bf16_supported()`` is True through emulation, and slow), off on
+    CPU/MPS. ``bf16``/``fp16`` force that dtype (on the CPU, torch's CPU autocast: slow,
+    for tests); ``off``: float32. ``capability`` is the CUDA device's (major, minor).
+    """
+    if amp not in AMP_CHOICES:
+        raise ConfigError(f"amp={amp!r} is not valid: choose one of {', '.join(AMP_CHOICES)}")
+    if amp == "off" or (amp == "auto" and device_type not in ("cuda", "cpu")):
+        return None
+    if device_type not in ("cuda", "cpu"):
+        raise ConfigError(f"amp={amp!r} on device {device_type!r}: fgnb does mixed precision on cuda (and cpu, for "
+                          "tests) only; use amp=auto or off there")
+    if amp == "auto":
+        if device_type != "cuda":
+            return None
+        return torch.bfloat16 if capability is not None and tuple(capability) >= (8, 0) else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
 def autocast_for(device: torch.device, amp: str) -> tuple[Callable, torch.amp.GradScaler | None]:
-    """Mixed precision on CUDA only: bf16 where supported (no scaler), else fp16 with a scaler."""
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext, None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    """(autocast context factory, GradScaler or None) for ``amp`` on ``device`` (see :func:`amp_dtype`)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    dtype = amp_dtype(device.type, amp, capability)
     if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+        return contextlib.nullcontext, None
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 # ----------------------------------------------------------------------------- model & data
@@ -133,8 +158,9 @@ def _synthetic_params(cfg: TrainConfig) -> dict:
     return {k: v for k, v in named.items() if v is not None}
 
 
-def dataset_for(cfg: TrainConfig, split: str, mean, std):
-    """One split of the run's data set, as training built it.
+def dataset_for(cfg: TrainConfig, split: str, mean, std, root: str | None = None):
+    """One split of the run's data set, as training built it (``root``: where it was
+    downloaded, default ``cfg.data_root``).
 
     The validation split is carved with ``split_seed``, never with the training ``seed``:
     runs that differ only in their seed train and select on the same images.
@@ -144,18 +170,25 @@ def dataset_for(cfg: TrainConfig, split: str, mean, std):
     needs_source = cfg.crop_from == "source" and (split != "train" or cfg.crop)
     source = (cfg.source_size or 4 * cfg.img_size) if needs_source else None
     return build_dataset(
-        cfg.dataset, split=split, root=cfg.data_root, image_size=cfg.img_size, source_size=source, mean=mean, std=std,
-        resize_size=cfg.resize_size, val_fraction=cfg.val_fraction, seed=cfg.split_seed, on_error=cfg.on_error,
+        cfg.dataset, split=split, root=root or cfg.data_root, download=cfg.download, image_size=cfg.img_size,
+        source_size=source, mean=mean, std=std, resize_size=cfg.resize_size, val_fraction=cfg.val_fraction,
+        seed=cfg.split_seed, on_error=cfg.on_error,
         synthetic_params=_synthetic_params(cfg) if cfg.dataset == "synthetic" else None,
     )
 
 
 def build_data(cfg: TrainConfig, mean, std) -> dict[str, Any]:
     """train / val / test data sets with the FGVC transform and the weights' normalisation."""
+    root = cfg.data_root
+    if cfg.download and cfg.dataset == "cub":
+        from .data import download_cub
+
+        with dist.main_first():  # rank 0 downloads, the others wait and find it there
+            root = str(download_cub(root, progress=cfg.progress and dist.is_main()))
     with dist.main_first():  # rank 0 generates the synthetic set, the others wait and read it
-        train_ds = dataset_for(cfg, "train", mean, std)
-    val_ds = dataset_for(cfg, "val", mean, std) if cfg.val_fraction > 0 else None
-    data = {"train": train_ds, "val": val_ds, "test": dataset_for(cfg, "test", mean, std)}
+        train_ds = dataset_for(cfg, "train", mean, std, root)
+    val_ds = dataset_for(cfg, "val", mean, std, root) if cfg.val_fraction > 0 else None
+    data = {"train": train_ds, "val": val_ds, "test": dataset_for(cfg, "test", mean, std, root)}
     if cfg.cache_images != "off":
         for ds in data.values():
             if ds is not None and hasattr(ds, "cache_images"):
@@ -199,9 +232,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         if n < batch_size:
             raise ConfigError(f"batch_size={batch_size} is larger than the training set ({n} images)")
         self.n, self.batch_size, self.seed, self.rank, self.world, self.epoch = n, batch_size, seed, rank, world, 0
+        self.skip = 0  # batches of this epoch already trained (a resume inside an epoch)
 
     def __iter__(self):
-        for b in _epoch_batches(self.n, self.batch_size, self.seed, self.epoch):
+        for b in _epoch_batches(self.n, self.batch_size, self.seed, self.epoch)[self.skip :]:
             yield b[self.rank :: self.world]
 
     def __len__(self):
@@ -498,11 +532,40 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
+def _rng_state() -> dict:
+    """Every generator a training step may draw from (saved inside an epoch)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["random"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_interval(cfg: TrainConfig, device: torch.device) -> float | None:
+    """Seconds between checkpoints inside an epoch (``checkpoint_minutes``), or None."""
+    minutes = cfg.checkpoint_minutes
+    if minutes is None:
+        minutes = 10.0 if device.type == "cuda" else 0.0
+    return 60.0 * minutes if minutes > 0 else None
+
+
+def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
+          stop_after_batch: tuple[int, int] | None = None) -> dict:
     """Train as ``cfg`` says; returns {'history', 'test', 'out', 'best_epoch'}.
 
     ``stop_after_epoch`` ends the call after that epoch's checkpoint, as an interruption
-    would (tests of ``resume`` use it).
+    would (tests of ``resume`` use it); ``stop_after_batch=(epoch, batch)`` (1-based) ends it
+    inside an epoch, after writing the checkpoint that ``checkpoint_minutes`` would write.
     """
     cfg = cfg.validate()
     device = select_device(cfg.device)
@@ -544,7 +607,18 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                       label_smoothing=cfg.label_smoothing)
 
     history: list[dict] = []
-    start_epoch, best, best_epoch = 0, -1.0, -1
+    start_epoch, best, best_epoch, mid = 0, -1.0, -1, None
+
+    def checkpoint(last_epoch: int, mid_epoch: dict | None = None) -> dict:
+        """The run after ``last_epoch`` (0-based) and, inside the next one, ``mid_epoch``."""
+        return {
+            "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "epoch": last_epoch, "num_classes": num_classes,
+            "classes": list(getattr(data["train"], "classes", [])),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "history": history, "best": best, "best_epoch": best_epoch, "mid_epoch": mid_epoch,
+            "skipped": list(skipped),
+        }
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         _check_resume(cfg, state, ckpt_path)
@@ -557,15 +631,18 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-        best, best_epoch = state["best"], state["best_epoch"]
+        best, best_epoch, mid = state["best"], state["best_epoch"], state.get("mid_epoch")
         skipped.update(dict.fromkeys(state.get("skipped", [])))
         if main:
-            print(f"resuming {out} after epoch {state['epoch'] + 1}/{cfg.epochs}")
+            where = (f"inside epoch {mid['epoch'] + 1}/{cfg.epochs}, after batch {mid['batch']}/{steps_per_epoch}" if mid
+                     else f"after epoch {state['epoch'] + 1}/{cfg.epochs}")
+            print(f"resuming {out} {where}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
 
     show = cfg.progress and main
+    every, last_save = checkpoint_interval(cfg, device), time.monotonic()
     for epoch in tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not show, initial=start_epoch, total=cfg.epochs):
         # Every random draw of an epoch depends on (seed, epoch) only: resume-exact.
         _seed_everything(cfg.seed * 1000 + epoch)
@@ -573,10 +650,19 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         model.train()
         stage_losses: list[list[float]] = []
         crop_losses: list[list[float]] = []
-        t0, seen, data_s = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=steps_per_epoch, leave=False, disable=not show)
-        t_wait = time.perf_counter()
-        for i, batch in enumerate(bar):
+        t0, seen, done = time.perf_counter(), 0, 0
+        inside = mid is not None and mid["epoch"] == epoch
+        if inside:  # resume inside this epoch: skip the trained batches
+            done, stage_losses, crop_losses, seen = mid["batch"], mid["stage_losses"], mid["crop_losses"], mid["seen"]
+            t0 -= mid["elapsed"]
+        sampler.skip = done
+        batches = iter(loader)  # (draws the loader's base seed from the global RNG)
+        if inside:
+            _set_rng_state(mid["rng"])
+        mid = None
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}", total=steps_per_epoch, initial=done, leave=False, disable=not show)
+        data_s, t_wait = 0.0, time.perf_counter()
+        for i, batch in enumerate(bar, start=done):
             data_s += time.perf_counter() - t_wait  # waiting for the loader: decode, transform, collate
             if i >= steps_per_epoch:
                 break
@@ -602,6 +688,15 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             scheduler.step()
             seen += len(y) * dist.world_size()
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
+            stop = stop_after_batch is not None and (epoch + 1, i + 1) == tuple(stop_after_batch)
+            if (stop or (every is not None and time.monotonic() - last_save >= every)) and i + 1 < steps_per_epoch:
+                if main:  # inside the epoch: what the rest of it needs to continue bit-exactly
+                    save_checkpoint(ckpt_path, checkpoint(epoch - 1, {
+                        "epoch": epoch, "batch": i + 1, "stage_losses": stage_losses, "crop_losses": crop_losses,
+                        "seen": seen, "elapsed": time.perf_counter() - t0, "rng": _rng_state()}))
+                last_save = time.monotonic()
+                if stop:
+                    return {"history": history, "test": None, "out": str(out), "best_epoch": best_epoch, "interrupted": True}
             t_wait = time.perf_counter()
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -629,13 +724,8 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         if improved:
             best, best_epoch = score, epoch + 1
         if main:
-            state = {
-                "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "epoch": epoch, "num_classes": num_classes,
-                "classes": list(getattr(data["train"], "classes", [])),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "history": history, "best": best, "best_epoch": best_epoch, "skipped": list(skipped),
-            }
+            state = checkpoint(epoch)
+            last_save = time.monotonic()
             if improved:
                 save_checkpoint(out / "best.pt", state)
             save_checkpoint(ckpt_path, state)

@@ -12,10 +12,16 @@ state, so the built (static) book still shows the last view; the controls need a
 kernel (Jupyter, Colab). For tests and scripts the current state is public:
 ``.controls`` (name -> widget), ``.update()``, ``.set(**values)``, ``.figure``, ``.png``
 and, for the threshold explorer, ``.scores``, ``.mask`` and ``.box``.
+
+They use only what ipywidgets 7.7 and 8 have in common (Colab ships 7.x; fgnb does not
+upgrade it). Colab's built-in widget manager renders ipywidgets 7 only; with ipywidgets 8
+in Colab the explorers switch on its custom widget manager
+(``google.colab.output.enable_custom_widget_manager()``; googlecolab/colabtools#3020).
 """
 from __future__ import annotations
 
 import io
+import sys
 from typing import Any, Sequence
 
 import ipywidgets as W
@@ -32,6 +38,21 @@ __all__ = ["AttentionExplorer", "ThresholdExplorer", "SCORE_MODES"]
 #: Scores the threshold explorer can threshold: the head product of one layer, the
 #: cumulative product over layers 0..l, or attention rollout over layers 0..l.
 SCORE_MODES = ("layer", "cumulative", "rollout")
+
+
+def ipywidgets_major() -> int:
+    return int(W.__version__.split(".")[0])
+
+
+def prepare_colab() -> bool:
+    """In Colab with ipywidgets >= 8, switch on Colab's custom widget manager (its built-in
+    one renders ipywidgets 7 only). Returns whether it did; elsewhere it does nothing."""
+    if "google.colab" not in sys.modules or ipywidgets_major() < 8:
+        return False
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    return True
 
 
 def _as_items(images, labels, part_boxes, max_images: int) -> tuple[torch.Tensor, list, list]:
@@ -123,6 +144,7 @@ class _Explorer:
         }
         self.image = W.Image(format="png", layout=W.Layout(max_width="100%"))
         self.status = W.HTML()
+        prepare_colab()
 
     # -- model outputs, computed once per image ---------------------------------------
     @property
@@ -224,7 +246,11 @@ class _Explorer:
         display(self.widget)
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        if hasattr(self.widget, "_repr_mimebundle_"):  # ipywidgets 8
+            return self.widget._repr_mimebundle_(**kwargs)
+        # ipywidgets 7 displays through _ipython_display_; the same view, as a bundle
+        view = {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id}
+        return {"text/plain": repr(self.widget), "application/vnd.jupyter.widget-view+json": view}
 
 
 class AttentionExplorer(_Explorer):

@@ -12,6 +12,13 @@ right after the title cell. Rules (see book/setup.md):
   already satisfy fgnb's loose pins (``torch>=2.4``, ``torchvision>=0.19``), so
   pip keeps them. No ``--no-deps`` is needed (and none is wanted: timm and
   safetensors may be missing or too old on Colab).
+* It upgrades nothing Colab has: no ``-U``, and fgnb's dependency floors
+  (pyproject.toml) admit Colab's preinstalled versions (ipywidgets 7.7,
+  matplotlib, numpy, pillow), so pip only adds what is missing.
+  tests/test_colab_install.py runs this command in a Colab-like venv and checks
+  that no preinstalled version changed.
+* A fork that publishes its own book sets REPO_URL/BRANCH here and in
+  ``_config.yml`` (book/setup.md, "Publishing your own copy").
 
 This file is kept valid Python (the cell itself uses the ``%pip`` magic, which
 is IPython syntax), so linters and ``compileall`` do not trip over it.

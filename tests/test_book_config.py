@@ -11,7 +11,6 @@ import pytest
 from conftest import CONFIG, ROOT, TOC, TOC_ENTRIES as TOC_FILES, resolve as _resolve  # noqa: E402
 
 SPHINX = (CONFIG.get("sphinx") or {}).get("config") or {}
-REPO_URL = "https://github.com/fgnb-book/fgnb"
 
 
 NOTEBOOKS = [p for p in (_resolve(e) for e in TOC_FILES) if p is not None and p.suffix == ".ipynb"]
@@ -61,8 +60,10 @@ def test_build_settings():
 
 
 def test_repository_and_launch_buttons():
-    assert CONFIG["repository"]["url"] == REPO_URL
-    assert CONFIG["repository"]["branch"] == "main"
+    # a fork that publishes its own book changes url and branch (book/setup.md); the install
+    # cell must follow them (test_colab_snippet_matches_config)
+    assert CONFIG["repository"]["url"].startswith("https://github.com/")
+    assert CONFIG["repository"]["branch"]
     assert CONFIG["repository"].get("path_to_book", "") == ""
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
 

@@ -135,3 +135,32 @@ def test_accepts_item_dicts_and_displays(model, images):
     assert "true a" in ex.status.value
     bundle = ex._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+@pytest.mark.parametrize("version, enabled", [("8.1.5", True), ("7.7.1", False)])
+def test_colab_custom_widget_manager_only_for_ipywidgets_8(model, images, monkeypatch, version, enabled):
+    import sys
+    import types
+
+    import fgnb.widgets as fw
+
+    calls = []
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append(1))
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr(fw.W, "__version__", version)
+    ThresholdExplorer(model, images)
+    assert len(calls) == int(enabled)
+    monkeypatch.delitem(sys.modules, "google.colab")
+    assert fw.prepare_colab() is False  # not in Colab: nothing to do
+
+
+def test_bundle_without_ipywidgets_8_repr(model, images):
+    import types
+
+    ex = AttentionExplorer(model, images)
+    model_id = ex.widget.model_id
+    ex.widget = types.SimpleNamespace(model_id=model_id)  # an ipywidgets 7 box has no _repr_mimebundle_
+    view = ex._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]
+    assert view == {"version_major": 2, "version_minor": 0, "model_id": model_id}

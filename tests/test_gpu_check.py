@@ -1,0 +1,63 @@
+"""bench/gpu_check.sh, the device check for a lent GPU, checked without one: its shell
+syntax, its dry run (the plan: flags, files, every run's options, chapter 7's
+parameters), its refusal without CUDA, and one of its synthetic runs on the CPU."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_check  # noqa: E402
+
+
+def sh(*args, **kw):
+    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, **kw)
+
+
+def test_shell_syntax_and_limit():
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")]).returncode == 0
+    text = (ROOT / "bench" / "gpu_check.sh").read_text()
+    assert "LIMIT_S=${GPU_CHECK_LIMIT_S:-480}" in text and "timeout" in text  # 8 minutes at most
+    assert sum(gpu_check.BUDGET.values()) <= 480 - 20
+
+
+def test_dry_run_checks_the_plan():
+    p = sh("--dry-run")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "dry run: plan OK" in p.stdout and "--amp bf16" in p.stdout and "nproc_per_node 2" in p.stdout
+
+
+def test_every_strategy_and_crop_option_is_run():
+    from dataclasses import fields
+
+    from fgnb.config import TrainConfig
+
+    choices = {f.name: f.metadata.get("choices") for f in fields(TrainConfig)}
+    v = gpu_check.variants()
+    assert {x["strategy"] for x in v} == set(choices["strategy"])
+    assert {x["crop"] for x in v} == {False, True}
+    assert {x.get("reforward", True) for x in v if x["strategy"] == "progressive"} == {True, False}
+    assert gpu_check.amp_modes((9, 0)) == ["auto", "fp16"] and gpu_check.amp_modes((7, 5)) == ["auto"]
+
+
+def test_refuses_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    p = sh("--steps", "env")
+    assert p.returncode != 0 and "no CUDA device" in p.stderr
+
+
+def test_one_run_on_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("FGNB_DATA", str(tmp_path / "data"))
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--device", "cpu", "--steps", "env", "runs", "--max-runs", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["kind"] == "gpu_check" and res["env"]["device"] == "cpu"
+    (run,) = res["runs"]
+    assert run["ok"] and run["strategy"] == "last" and run["amp"] == "auto"
