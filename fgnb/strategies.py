@@ -301,7 +301,10 @@ class ProgressiveStrategy(UpdateStrategy):
         grads = {}
         for r in stages:
             _check_finite(losses[r], f"loss of head {r} (layer {model.target_layers[r]})")
-            grads[r] = torch.autograd.grad(losses[r] * scale0, params, retain_graph=True, allow_unused=True)
+            # scaler.scale() (not a product with the scale's value): it also creates the
+            # scaler's scale tensor on the first step, which unscale_ needs.
+            scaled = ctx.scaler.scale(losses[r]) if ctx.scaler is not None else losses[r]
+            grads[r] = torch.autograd.grad(scaled, params, retain_graph=True, allow_unused=True)
         for r in stages:
             optimizer.zero_grad(set_to_none=True)
             # The scaler may have changed its scale after the previous stage's step.

@@ -76,33 +76,34 @@ def batch(seed=1):
     return torch.randn(6, 3, 16, 16, generator=g), torch.randint(0, 4, (6,), generator=g)
 
 
-def _strategy_case(name, **options):
-    """A case: (step(model, optimizer, x, y, ctx) -> losses, optimizer steps per call)."""
+def _strategy_case(name, crop=False, **options):
+    """A case: (step(model, optimizer, x, y, ctx) -> losses, optimizer steps per call).
+    ``crop``: the joint crop update, with a crop view per head (as crop_views makes them)."""
     strategy = make_strategy(name, **options)
 
     def step(model, optimizer, x, y, ctx):
-        return strategy.step(model, optimizer, x, y, ctx)[0]
+        crops = [x.flip(-1) + 0.1 * r for r in range(model.num_targets)] if crop else None
+        return strategy.step(model, optimizer, x, y, ctx, crops=crops)[0]
 
     return step, (lambda model: len(strategy.stages(model)) if name == "progressive" else 1)
 
 
-# Every way a batch updates the network. The crop's joint step (--crop-update joint) is
-# appended here as one more case when it lands: (step function, optimizer steps per call).
+# Every way a batch updates the network: (step function, optimizer steps per call).
 CASES = {
     "last": _strategy_case("last"),
     "summed": _strategy_case("summed"),
     "progressive": _strategy_case("progressive", reforward=True),
     "progressive-deep_first": _strategy_case("progressive", order="deep_first", reforward=True),
     "progressive-one_point": _strategy_case("progressive", reforward=False),
+    # the crop's joint step (--crop-update joint): the same steps, on the global and crop views
+    "last+crop": _strategy_case("last", crop=True),
+    "summed+crop": _strategy_case("summed", crop=True),
+    "progressive+crop": _strategy_case("progressive", crop=True, reforward=True),
+    "progressive-one_point+crop": _strategy_case("progressive", crop=True, reforward=False),
 }
 
 
-# The one-point variant calls scaler.unscale_ without ever calling scaler.scale(): a fresh
-# GradScaler has no scale tensor yet and raises (fgnb/strategies.py _step_one_point; fix:
-# take the gradients of ``ctx.scaler.scale(losses[r])``). Remove this mark with the fix.
-ONE_POINT_BUG = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                  reason="strategies._step_one_point never calls scaler.scale()")
-CASE_PARAMS = [pytest.param(c, marks=ONE_POINT_BUG) if c == "progressive-one_point" else c for c in sorted(CASES)]
+CASE_PARAMS = sorted(CASES)
 
 
 def run(case, scaler=None, autocast=contextlib.nullcontext, steps=2, opt="adamw", clip=1.0):
