@@ -83,6 +83,7 @@ _RANGES = (
       "crop_warmup_epochs"),
      lambda v: v >= 0, ">= 0"),
     (("val_fraction", "momentum", "label_smoothing"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("crop_weight",), lambda v: 0 <= v <= 1, "in [0, 1]"),
     (("seed", "split_seed"), lambda v: 0 <= v < 2**32, "in 0..2**32-1"),
 )
 
@@ -127,6 +128,8 @@ class TrainConfig:
     crop: bool = opt(False, "train on attention crops too (the multi-scale module)")
     crop_update: str = opt("joint", "how crops are trained: joint = each stage's step also takes the crop view's loss (R steps "
                                     "per batch, as without crops); separate = extra strategy steps on the crops", ("joint", "separate"))
+    crop_weight: float = opt(0.5, "joint crop update: weight w of the crop view's loss, (1 - w) CE(global) + w CE(crop); "
+                                  "0.5 = their mean, 1 = the crop view alone")
     crop_boxes: str = opt("attention", "where the crop box comes from: the attention (the method), the ground-truth part box "
                                        "(oracle, an upper bound) or a random box of the attention box's size (a lower bound)",
                           ("attention", "oracle", "random"))

@@ -1,6 +1,7 @@
 """Figures the chapters and ``fgnb predict`` share (matplotlib only).
 
-Chapter 3 introduces the heat maps, chapter 4 the box overlay, chapter 5 the curves.
+Chapter 3 introduces the heat maps, chapter 4 the box overlay, chapter 5 the curves,
+chapter 8 the forest plot of paired differences.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["to_display", "draw_box", "attention_grid", "overlay", "plot_history", "method_pipeline", "batch_timeline"]
+__all__ = ["to_display", "draw_box", "attention_grid", "overlay", "plot_history", "method_pipeline", "batch_timeline",
+           "forest_plot"]
 
 
 def to_display(image: torch.Tensor, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
@@ -231,4 +233,31 @@ def batch_timeline(depth: int = 6, targets: int = 3, ax=None,
     ax.set_axis_off()
     ax.set_title(f"one batch, $L = {depth}$ layers, target layers {', '.join(str(l + 1) for l in tgt)} "
                  "(time runs left to right)", fontsize=9)
+    return ax
+
+
+def forest_plot(rows: Sequence[dict], ax=None, title: str = "", xlabel: str = "difference to last (points)"):
+    """Paired differences with their intervals, one line per variant (chapter 8).
+
+    ``rows``: :func:`fgnb.results.paired_differences` rows (``variant``, ``mean``, ``low``,
+    ``high``, ``n``). A dot at the mean, a bar over the interval, the zero line: a bar that
+    crosses zero is no difference at that confidence. Returns the axes.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.45 * max(len(rows), 2) + 1))
+    ys = np.arange(len(rows))[::-1]
+    for y, r in zip(ys, rows):
+        lo, hi = r["low"], r["high"]
+        finite = not (math.isnan(lo) or math.isnan(hi))
+        color = "#c0392b" if finite and hi < 0 else "#27ae60" if finite and lo > 0 else "#34495e"
+        if finite:
+            ax.plot([lo, hi], [y, y], color=color, lw=2)
+        ax.plot([r["mean"]], [y], "o", color=color)
+        ax.annotate(f"n={r['n']}", (1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=7, color="#555")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(ys, [r["variant"] for r in rows], fontsize=8)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     return ax

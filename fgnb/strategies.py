@@ -8,9 +8,10 @@ The crop views (``crops=``, one tensor of crops per head) join the batch's own s
 ``joint`` crop update, chapter 6): head r's loss on a step is the mean cross-entropy over
 the global and the crop view together,
 
-    LOSS_r = 1/2 [ CE(y_r(x), y) + CE(y_r(crop_r), y) ],
+    LOSS_r = 1/2 [ CE(y_r(x), y) + CE(y_r(crop_r), y) ]
 
-so a batch makes the same number of optimizer steps (1, 1 or R) with or without crops, and
+(``StepContext.crop_weight`` w generalises the 1/2: (1 - w) CE(global) + w CE(crop); w = 1
+trains the heads on the crop view alone), so a batch makes the same number of optimizer steps (1, 1 or R) with or without crops, and
 with the crops equal to the images it is exactly the step on the batch duplicated. (The
 mean rather than the sum keeps the step size of the baseline, so a crop variant does not
 also get a larger effective learning rate.)
@@ -57,6 +58,7 @@ class StepContext:
     after_step: called after every optimizer step (the LR scheduler is stepped per batch,
         not per stage, so this is usually a no-op).
     label_smoothing: of every training cross-entropy (``F.cross_entropy(label_smoothing=)``).
+    crop_weight: w in the joint loss (1 - w) CE(global view) + w CE(crop view); 1/2 is the mean.
     """
 
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
@@ -65,6 +67,7 @@ class StepContext:
     grad_sync: Callable[[nn.Module], None] = lambda model: None
     after_step: Callable[[], None] = lambda: None
     label_smoothing: float = 0.0
+    crop_weight: float = 0.5
 
 
 class StepResult(tuple):
@@ -121,7 +124,8 @@ def _head_loss(logits: torch.Tensor, labels: torch.Tensor, rows, r: int, ctx: St
         return cross_entropy(logits, labels, ctx), None
     g, c = rows[r]
     crop_loss = cross_entropy(logits[c], labels, ctx)
-    return 0.5 * (cross_entropy(logits[g], labels, ctx) + crop_loss), crop_loss
+    w = ctx.crop_weight
+    return (1 - w) * cross_entropy(logits[g], labels, ctx) + w * crop_loss, crop_loss
 
 
 def _check_crops(crops, model) -> None:

@@ -604,7 +604,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
     autocast, scaler = autocast_for(device, cfg.amp)
     strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
     ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad, grad_sync=dist.sync_gradients,
-                      label_smoothing=cfg.label_smoothing)
+                      label_smoothing=cfg.label_smoothing, crop_weight=cfg.crop_weight)
 
     history: list[dict] = []
     start_epoch, best, best_epoch, mid = 0, -1.0, -1, None

@@ -45,6 +45,7 @@ BAD = {
     "crop": BOOL,
     "threshold_scale": POSITIVE_FLOAT,
     "min_crop": NON_NEGATIVE_INT,
+    "crop_weight": [-0.1, 1.5, NAN, INF, "half", None],
     "crop_margin": [-0.1, 4.5, NAN, INF, "wide", None],
     "crop_warmup_epochs": NON_NEGATIVE_INT + [None],
     "steps_per_batch": POSITIVE_INT + [None],
@@ -64,6 +65,8 @@ BAD = {
     "resume": BOOL,
     "progress": BOOL,
     "verify_data": BOOL,
+    "download": BOOL,
+    "checkpoint_minutes": NON_NEGATIVE_FLOAT,
 }
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 

@@ -104,6 +104,19 @@ def test_joint_loss_is_mean_of_global_and_crop_view():
     assert res.losses == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("w", [0.0, 0.25, 1.0])
+def test_crop_weight_weighs_the_two_views(w):
+    m = tiny()
+    x, y = batch()
+    crop = batch(9)[0]
+    with torch.no_grad():
+        ref = copy.deepcopy(m)
+        g, c = F.cross_entropy(ref(x).logits[-1], y), F.cross_entropy(ref(crop).logits[-1], y)
+    res = make_strategy("last").step(m, torch.optim.SGD(m.parameters(), lr=0.0), x, y, StepContext(crop_weight=w),
+                                     crops=[crop] * m.num_targets)
+    assert res.losses[0] == pytest.approx(((1 - w) * g + w * c).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["last", "summed", "progressive"])
 def test_label_smoothing_changes_the_training_loss_as_cross_entropy_does(name):
     m = tiny()

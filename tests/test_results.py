@@ -55,3 +55,20 @@ def test_seeds_needed_is_the_smallest_n():
     n = seeds_needed(2.0, 1.5)
     assert t_quantile(n - 1) * 2.0 / math.sqrt(n) <= 1.5 < t_quantile(n - 2) * 2.0 / math.sqrt(n - 1)
     assert n == 10  # t_8 * 2 / 3 = 1.54 > 1.5; t_9 * 2 / sqrt(10) = 1.43
+
+
+def test_forest_plot_draws_each_interval_where_the_rows_say():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fgnb.plots import forest_plot
+
+    res = fake({"last": {0: 0.50, 1: 0.40, 2: 0.45},
+                "up": {0: 0.53, 1: 0.44, 2: 0.47}, "down": {0: 0.40, 1: 0.33, 2: 0.36}})
+    rows = paired_differences(res)
+    ax = forest_plot(rows)
+    bars = [l for l in ax.lines if len(l.get_xdata()) == 2 and l.get_ydata()[0] == l.get_ydata()[1]]
+    assert sorted((round(min(l.get_xdata()), 6), round(max(l.get_xdata()), 6)) for l in bars) == sorted(
+        (round(r["low"], 6), round(r["high"], 6)) for r in rows)
+    labels = {t.get_text(): t.get_position()[1] for t in ax.get_yticklabels()}
+    assert labels["up"] > labels["down"]  # rows top to bottom in the results' order
