@@ -64,6 +64,7 @@ VARIANTS = {
     "last+crop:oracle": dict(strategy="last", crop=True, crop_boxes="oracle"),
     "last+crop:oracle_only": dict(strategy="last", crop=True, crop_boxes="oracle", crop_weight=1.0,
                                   select_by="crop_only"),
+    "last+crop:only": dict(strategy="last", crop=True, crop_weight=1.0, select_by="crop_only"),
     "progressive+crop:threshold0.5": dict(strategy="progressive", crop=True, threshold_scale=0.5),
     "progressive:deep_first": dict(strategy="progressive", order="deep_first"),
     "progressive:one_point": dict(strategy="progressive", reforward=False),
@@ -77,7 +78,7 @@ CORE = ["last", "last:3steps", "summed", "progressive", "progressive+crop", "pro
         "progressive+crop:random", "progressive+crop:separate"]
 
 #: Relative cost of a training step (plain step = 1; depth 6, targets 3..5): for scheduling.
-COST = {"last": 1.0, "last:3steps": 3.0, "last+crop": 2.4, "last+crop:oracle": 2.4, "last+crop:oracle_only": 2.4, "summed": 1.0, "progressive": 2.5, "progressive:deep_first": 2.5,
+COST = {"last": 1.0, "last:3steps": 3.0, "last+crop": 2.4, "last+crop:oracle": 2.4, "last+crop:oracle_only": 2.4, "last+crop:only": 2.4, "summed": 1.0, "progressive": 2.5, "progressive:deep_first": 2.5,
         "progressive:one_point": 1.5, "progressive:R2": 1.8, "progressive:R4": 3.2,
         "progressive+crop:separate": 5.5, "progressive+crop:per_layer": 5.5, "progressive+crop:rollout": 5.5}
 for _v in VARIANTS:
