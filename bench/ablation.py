@@ -221,11 +221,6 @@ def dataset_info(cfg) -> dict:
     return {"dataset": "synthetic", "data_root": str(root), "params": params}
 
 
-def option_differences(saved: dict, wanted: dict) -> dict:
-    from fgnb.config import option_differences as differences  # an option added since: its default
-    return differences(saved, wanted)
-
-
 def _run_options(cfg_dict: dict) -> dict:
     """A run's options without where it was written and how it printed."""
     return {k: v for k, v in cfg_dict.items() if k not in ("out", "resume", "progress")}
@@ -266,6 +261,8 @@ def main(argv=None) -> int:
     base = base_config(args)
     runs_dir = pathlib.Path(args.runs_dir)
     started, t0 = utc_now(), time.perf_counter()
+    from fgnb.config import option_differences
+
     previous = _previous_runs(args.out)
     commit = git_commit()
     results = {
@@ -320,6 +317,7 @@ def main(argv=None) -> int:
 
     for key in list(plan):  # runs the results file already holds with the same options
         row = previous.get(key)
+        # (an option added to fgnb since the row was written counts as its default)
         if row is not None and not option_differences(row["config"], _run_options(cfgs[key])):
             record(key, {**row, "skipped": True}, 0.0)
             plan.remove(key)

@@ -84,6 +84,7 @@ _RANGES = (
      lambda v: v >= 0, ">= 0"),
     (("val_fraction", "momentum", "label_smoothing"), lambda v: 0 <= v < 1, "in [0, 1)"),
     (("crop_weight",), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("crop_margin",), lambda v: 0 <= v <= 4, "in [0, 4] (a share of the box's side)"),
     (("seed", "split_seed"), lambda v: 0 <= v < 2**32, "in 0..2**32-1"),
 )
 
@@ -222,8 +223,6 @@ class TrainConfig:
                     f"weights={SYNTHETIC!r} is the pre-trained backbone of {arch}, but this config has "
                     + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
                     + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
-        if not 0 <= self.crop_margin <= 4:
-            raise ConfigError(f"crop_margin must be in [0, 4] (a share of the box's side), got {self.crop_margin}")
         if self.download and self.dataset not in DOWNLOADABLE:
             raise ConfigError(f"download=True fetches {', '.join(DOWNLOADABLE)}; dataset={self.dataset!r} "
                               "is generated locally (synthetic) or is your own folder (folder)")

@@ -12,7 +12,7 @@ import torch
 from .crop import attention_scores
 from .data import load_rgb, make_transform
 from .plots import overlay, to_display
-from .train import crop_views, load_model, select_device
+from .train import crop_views, load_model, select_device, source_size
 
 __all__ = ["predict_files"]
 
@@ -33,8 +33,7 @@ def predict_files(checkpoint, images, top_k: int = 5, out_dir=None, device="auto
     if cfg.crop_boxes != "attention":
         # Oracle and random boxes are bounds for the ablation, not a way to predict.
         cfg = cfg.replace(crop_boxes="attention")
-    source = (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
-    tf = make_transform(False, cfg.img_size, cfg.resize_size, dc["mean"], dc["std"], source_size=source)
+    tf = make_transform(False, cfg.img_size, cfg.resize_size, dc["mean"], dc["std"], source_size=source_size(cfg))
     out_dir = pathlib.Path(out_dir) if out_dir else pathlib.Path(checkpoint).parent / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     k = max(1, min(top_k, model.num_classes))

@@ -158,6 +158,11 @@ def _synthetic_params(cfg: TrainConfig) -> dict:
     return {k: v for k, v in named.items() if v is not None}
 
 
+def source_size(cfg: TrainConfig) -> int | None:
+    """Side of the source view crops are cut from (``crop_from='source'``), else None."""
+    return (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
+
+
 def dataset_for(cfg: TrainConfig, split: str, mean, std, root: str | None = None):
     """One split of the run's data set, as training built it (``root``: where it was
     downloaded, default ``cfg.data_root``).
@@ -167,8 +172,7 @@ def dataset_for(cfg: TrainConfig, split: str, mean, std, root: str | None = None
     """
     # The source view is rendered where crops are cut from it: every evaluation (the crop
     # inference modes) and training with crops. (It costs more than the input view itself.)
-    needs_source = cfg.crop_from == "source" and (split != "train" or cfg.crop)
-    source = (cfg.source_size or 4 * cfg.img_size) if needs_source else None
+    source = source_size(cfg) if split != "train" or cfg.crop else None
     return build_dataset(
         cfg.dataset, split=split, root=root or cfg.data_root, download=cfg.download, image_size=cfg.img_size,
         source_size=source, mean=mean, std=std, resize_size=cfg.resize_size, val_fraction=cfg.val_fraction,
