@@ -7,6 +7,9 @@ Every item is a dict::
      'box':      FloatTensor[4] object box, xyxy, in the model input's pixels
                  (NaN x 4 if unknown),
      'part_box': FloatTensor[4] discriminative-part box, same frame (NaN if unknown),
+     'part_points': FloatTensor[P, 2] (only for sets with part locations, CUB's
+                 parts/part_locs.txt) (x, y) of each named part (``dataset.part_names``)
+                 in input pixels; NaN if not visible or outside the view,
      'index':    int, the item's index in the data set,
      'skipped':  int, unreadable items passed over to return this one
                  (0 unless on_error='skip'),
@@ -215,15 +218,33 @@ class PairedTransform:
         t = torch.from_numpy(np.asarray(view, dtype=np.uint8).copy()).permute(2, 0, 1)
         return (t.float().div_(255.0) - self.mean) / self.std
 
-    def __call__(self, img: Image.Image, boxes: dict | None = None) -> dict:
-        """``boxes``: name -> xyxy in original pixels (or None). Returns a dict
-        with 'image', optional 'source', and every box mapped to input pixels."""
+    @staticmethod
+    def map_points(points, region, flip: bool, out_size: int) -> torch.Tensor:
+        """Map (P, 2) points (x, y) from original pixels into a view of ``out_size``; a point
+        outside the view (or NaN) becomes NaN: no box in the view can contain it."""
+        x0, y0, x1, y1 = region
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float64), dtype=torch.float64).reshape(-1, 2)
+        nx = (pts[:, 0] - x0) * (out_size / (x1 - x0))
+        ny = (pts[:, 1] - y0) * (out_size / (y1 - y0))
+        if flip:
+            nx = out_size - nx
+        out = torch.stack([nx, ny], dim=1).float()
+        outside = (out < 0).any(1) | (out > out_size).any(1) | torch.isnan(out).any(1)
+        out[outside] = float("nan")
+        return out
+
+    def __call__(self, img: Image.Image, boxes: dict | None = None, points=None) -> dict:
+        """``boxes``: name -> xyxy in original pixels (or None); ``points``: optional (P, 2)
+        part locations in original pixels. Returns a dict with 'image', optional 'source',
+        every box mapped to input pixels and, with ``points``, 'part_points'."""
         region, flip = self.sample_view(*img.size)
         out = {"image": self.render(img, region, flip, self.image_size)}
         if self.source_size:
             out["source"] = self.render(img, region, flip, self.source_size)
         for k, b in (boxes or {}).items():
             out[k] = self.map_box(b, region, flip, self.image_size)
+        if points is not None:
+            out["part_points"] = self.map_points(points, region, flip, self.image_size)
         return out
 
 
@@ -286,7 +307,12 @@ class _DictDataset(torch.utils.data.Dataset):
         self._keep(ok)
 
     #: per-sample attributes that :meth:`_keep` filters along with ``samples``
-    _PARALLEL = ("boxes", "part_boxes", "ids", "indices")
+    _PARALLEL = ("boxes", "part_boxes", "part_points", "ids", "indices")
+
+    #: (N, P, 2) part locations (x, y) in original pixels, NaN when not visible, with the
+    #: parts' names in ``part_names``; None for sets without them
+    part_points: np.ndarray | None = None
+    part_names: list[str] | None = None
 
     def _keep(self, ok: list[int]) -> None:
         if len(ok) == len(self.samples):
@@ -387,16 +413,23 @@ class _DictDataset(torch.utils.data.Dataset):
 
     def _item(self, i, img, skipped=0):
         boxes = self._boxes_for(i)
+        points = None if self.part_points is None else self.part_points[i]
         o = img.info.get("orientation", 1)
         if o != 1:  # boxes are in the stored grid; the image was turned as the EXIF says
             w, h = (img.height, img.width) if o in (5, 6, 7, 8) else img.size
             boxes = {k: orient_box(b, o, w, h) for k, b in boxes.items()}
+            if points is not None:  # a point is a box of no size
+                points = np.array([orient_box((x, y, x, y), o, w, h)[:2] for x, y in points])
         label = torch.tensor(self.samples[i][1], dtype=torch.int64)
         if self.transform is None:
             t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
             item = {"image": t.float() / 255.0}
             for k, b in boxes.items():
                 item[k] = torch.tensor(_NAN4 if b is None else b, dtype=torch.float32)
+            if points is not None:
+                item["part_points"] = torch.as_tensor(points, dtype=torch.float32)
+        elif points is not None and isinstance(self.transform, PairedTransform):
+            item = self.transform(img, boxes, points=points)
         else:
             item = self.transform(img, boxes)
         item["label"] = label
@@ -462,6 +495,33 @@ def _read_table(path: pathlib.Path) -> dict[int, list[str]]:
             except ValueError:
                 raise ValueError(f"{path}:{ln}: cannot parse {line.strip()!r}") from None
     return out
+
+
+def _read_part_locs(root: pathlib.Path, ids: list[int]):
+    """CUB's ``parts/parts.txt`` (id name) and ``parts/part_locs.txt`` (image part x y visible):
+    (names, (N, P, 2) array in ``ids`` order, NaN where not visible), or (None, None)."""
+    names_f, locs_f = root / "parts" / "parts.txt", root / "parts" / "part_locs.txt"
+    if not (names_f.is_file() and locs_f.is_file()):
+        return None, None
+    names = {int(k): " ".join(v) for k, v in _read_table(names_f).items()}
+    order = sorted(names)
+    col = {k: j for j, k in enumerate(order)}
+    row = {img: r for r, img in enumerate(ids)}
+    pts = np.full((len(ids), len(order), 2), np.nan)
+    with open(locs_f) as f:
+        for ln, line in enumerate(f, 1):
+            v = line.split()
+            if not v:
+                continue
+            try:
+                img, part, x, y, vis = int(v[0]), int(v[1]), float(v[2]), float(v[3]), int(float(v[4]))
+            except (ValueError, IndexError):
+                raise ValueError(f"{locs_f}:{ln}: expected 'image_id part_id x y visible', got {line.strip()!r}") from None
+            if part not in col:
+                raise ValueError(f"{locs_f}:{ln}: part id {part} is not in {names_f} (ids {order})")
+            if img in row and vis:
+                pts[row[img], col[part]] = (x, y)
+    return [names[k] for k in order], pts
 
 
 class CUBDataset(_DictDataset):
@@ -530,6 +590,7 @@ class CUBDataset(_DictDataset):
                              for i in self.ids], dtype=np.float64).reshape(-1, 4)
         self.boxes = boxes("bounding_boxes.txt")
         self.part_boxes = boxes("part_boxes.txt")
+        self.part_names, self.part_points = _read_part_locs(self.root, self.ids)
         self._drop_missing()
 
 

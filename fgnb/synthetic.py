@@ -15,12 +15,14 @@ enlarges the head and its parts (up to 2x at 0.5).
 
 The set is written to disk in the exact CUB-200-2011 layout (``images/``,
 ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
-``bounding_boxes.txt``, ``classes.txt``) plus ``part_boxes.txt`` (the box
-around the discriminative head region), ``meta.json`` and ``README.txt``, so
+``bounding_boxes.txt``, ``classes.txt``, ``parts/part_locs.txt`` with the centres of
+the three cues) plus ``part_boxes.txt`` (the box around the discriminative head
+region), ``meta.json`` and ``README.txt``, so
 the same loader (:class:`fgnb.data.CUBDataset`) reads it and real CUB.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -36,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
     "GENERATOR_VERSION", "DEFAULTS", "CLASS_SPECS", "class_specs", "class_names",
-    "render", "generate", "default_root", "ensure_synthetic",
+    "render", "CUES", "cue_points", "generate", "default_root", "ensure_synthetic",
 ]
 
 GENERATOR_VERSION = 3
@@ -105,6 +107,7 @@ def _bird_parts(spec, nuis, k=1.0):
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def _canonical_box(k):
     """Box covering every class variant (so the class never moves the bird)."""
     dummy = dict(tail=0.15, wing_c=0, body_c=0, bar_c=0, head_c=0, beak_c=0)
@@ -204,18 +207,12 @@ def _background(rng, size, difficulty):
     return img
 
 
-def render(class_index: int, seed, size: int = 256, difficulty: float = 1.0):
-    """Render one image. Returns ``(PIL.Image RGB, object_box, part_box)``
-    with boxes as ``(x, y, w, h)`` floats in pixels.
-
-    ``seed`` (int or sequence) fixes all nuisance factors; the class only
-    changes the head (eye ring, beak, crest), so ``render(a, s)`` and
-    ``render(b, s)`` differ only inside the part box of either image.
-    """
+def _layout(class_index: int, seed, size: int, difficulty: float):
+    """Everything :func:`render` draws, before drawing: the class spec, the nuisance factors,
+    the part scale ``k`` and the canonical -> pixel map ``p -> p @ R.T + t``."""
     spec = CLASS_SPECS[class_index]
     rng = np.random.default_rng(seed)
     nuis = _sample_nuisance(rng, size, difficulty)
-    img = _background(np.random.default_rng(nuis["bg_seed"]), size, difficulty)
 
     # canonical -> image transform (extent is class-independent: use a fixed
     # canonical bounding box so class never moves the bird)
@@ -235,6 +232,43 @@ def render(class_index: int, seed, size: int = 256, difficulty: float = 1.0):
         R, corners, ext_lo, ext_hi, span = R * f, corners * f, ext_lo * f, ext_hi * f, span * f
     free = size - span
     t = np.array([nuis["u"] * free[0], nuis["v"] * free[1]]) - ext_lo
+    return spec, nuis, k, R, t
+
+
+#: The three cues that tell the species apart, in the order of ``parts/parts.txt``.
+CUES = ("beak", "eye", "crest")
+
+
+def cue_points(class_index: int, seed, size: int = 256, difficulty: float = 1.0) -> dict[str, tuple[float, float]]:
+    """Centre (x, y) in pixels of each cue of the image :func:`render` draws with the same
+    arguments: the beak polygon's centroid, the eye's centre and the crest's centroid.
+
+    A plain head has no crest; its ``crest`` point is the crown, where a crest would grow
+    (on the head, 0.8 of its radius from the centre towards the crest's centroid): the
+    place a reader must look to see that there is none. Nothing is drawn, so this is
+    cheap; ``parts/part_locs.txt`` of a generated set holds it.
+    """
+    spec, nuis, k, R, t = _layout(class_index, seed, size, difficulty)
+    polys = {name: np.asarray(pts) for name, pts, _, _ in _bird_parts((spec[0], spec[1], "Crested"), nuis, k)}
+    pts = {c: polys[c].mean(0) for c in CUES}
+    if spec[2] != "Crested":
+        centre = polys["head"].mean(0)
+        radius = np.linalg.norm(polys["head"] - centre, axis=1).max()
+        towards = pts["crest"] - centre
+        pts["crest"] = centre + 0.8 * radius * towards / np.linalg.norm(towards)
+    return {c: tuple(float(v) for v in pts[c] @ R.T + t) for c in CUES}
+
+
+def render(class_index: int, seed, size: int = 256, difficulty: float = 1.0):
+    """Render one image. Returns ``(PIL.Image RGB, object_box, part_box)``
+    with boxes as ``(x, y, w, h)`` floats in pixels.
+
+    ``seed`` (int or sequence) fixes all nuisance factors; the class only
+    changes the head (eye ring, beak, crest), so ``render(a, s)`` and
+    ``render(b, s)`` differ only inside the part box of either image.
+    """
+    spec, nuis, k, R, t = _layout(class_index, seed, size, difficulty)
+    img = _background(np.random.default_rng(nuis["bg_seed"]), size, difficulty)
 
     d = ImageDraw.Draw(img)
     all_pts, part_pts = [], []
@@ -305,6 +339,8 @@ def generate(root, num_classes: int = DEFAULTS["num_classes"],
     if root.exists():
         have = _is_complete(root)
         if have == params:
+            if not (root / "parts" / "part_locs.txt").is_file():
+                _write_cues(root, params)  # a set made before the cues were written: same images, add them
             return root
         if not overwrite:
             what = "a synthetic set with different parameters " + json.dumps(have) \
@@ -358,6 +394,7 @@ def _write(out: pathlib.Path, p: dict) -> None:
     w("train_test_split.txt", split)
     w("bounding_boxes.txt", bboxes)
     w("part_boxes.txt", pboxes)
+    _write_cues(out, p)
     w("classes.txt", [f"{i + 1} {n}" for i, n in enumerate(names)])
     specs = {n: dict(zip(("eye_ring", "beak", "crest"), s))
              for n, s in zip(names, CLASS_SPECS[first:])}
@@ -365,6 +402,8 @@ def _write(out: pathlib.Path, p: dict) -> None:
         "fgnb synthetic fine-grained set (stylised birds), CUB-200-2011 layout.",
         "Classes differ only in the head: eye-ring colour, beak shape, crest.",
         "part_boxes.txt: id x y w h of the discriminative head region (pixels).",
+        "parts/parts.txt, parts/part_locs.txt: the cues' centres (beak, eye, crest; id part x y visible), "
+        "as CUB's part locations; a plain head's crest point is its crown.",
         "Generator parameters: " + json.dumps(p, sort_keys=True),
         "Made by fgnb.synthetic.generate; see Chapter 1 of the fgnb book.",
     ])
@@ -372,6 +411,35 @@ def _write(out: pathlib.Path, p: dict) -> None:
     (out / "meta.json").write_text(json.dumps(
         dict(generator="fgnb.synthetic", params=p, classes=specs,
              num_images=img_id), indent=1, sort_keys=True) + "\n")
+
+
+def _images_in_order(p: dict):
+    """(image id, class index, image number) of a set with parameters ``p``, as :func:`_write` numbers them."""
+    first, n = p.get("first_class", 0), p["train_per_class"] + p["test_per_class"]
+    return ((c * n + j + 1, first + c, j) for c in range(p["num_classes"]) for j in range(n))
+
+
+def _write_cues(out: pathlib.Path, p: dict) -> None:
+    """``parts/parts.txt`` and ``parts/part_locs.txt`` (CUB's format: id part x y visible).
+
+    Written into a temporary folder renamed at the end, so a set is never left with half a file."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".parts.tmp-", dir=out))
+    try:
+        (tmp / "parts.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(CUES)))
+        lines = []
+        for img_id, cls, j in _images_in_order(p):
+            pts = cue_points(cls, (p["seed"], cls, j), p["size"], p["difficulty"])
+            lines += [f"{img_id} {i + 1} {pts[c][0]:.1f} {pts[c][1]:.1f} 1\n" for i, c in enumerate(CUES)]
+        (tmp / "part_locs.txt").write_text("".join(lines))
+        try:
+            os.rename(tmp, out / "parts")
+        except OSError:
+            if not (out / "parts" / "part_locs.txt").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process added the same file first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def default_root() -> pathlib.Path:

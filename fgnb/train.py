@@ -423,7 +423,10 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     training (:func:`crop_views`, the deepest head's box). ``iou50``: share of images whose
     box has IoU >= 0.5 with the ground-truth object box; ``part_hit``: share whose box
     contains the centre of the discriminative part; ``part_iou``: mean IoU of the box with
-    the part box (synthetic data); ``box_area``: mean share of the image the box covers.
+    the part box (synthetic data); ``box_area``: mean share of the image the box covers;
+    ``cue_<part>`` (sets with part locations: the synthetic cues beak, eye, crest, or
+    CUB's 15 parts): share of the images showing that part whose box contains it, and
+    ``cue_all``: share of the images whose box contains every part they show.
     ``skipped``: a dict that collects (as keys) the paths of unreadable files passed over
     (``on_error='skip'``).
     """
@@ -436,6 +439,8 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     # Running sums: hits of each head, of 'mean', 'crop', 'crop_only'; IoU>=0.5 hits and boxes;
     # part hits and parts; part IoU; box area share; images.
     sums = torch.zeros(R + 10, dtype=torch.float64)
+    names = _part_names(loader.dataset)
+    cue_sums = torch.zeros(2 * len(names) + 2, dtype=torch.float64)  # hits, shown per part; all-in, images
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         if skipped is not None:
             skipped.update(dict.fromkeys(passed_over(batch, loader.dataset)))
@@ -458,6 +463,8 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
         row += [((box_iou(boxes, gt) >= 0.5) & has_box).sum(), has_box.sum(), (inside & has_part).sum(),
                 has_part.sum(), part_iou.sum(), area.sum(), torch.tensor(len(y))]
         sums += torch.stack([v.double().cpu() for v in row])
+        if names:
+            cue_sums += _cue_counts(boxes, batch["part_points"].to(device).float())
     c = dist.all_reduce_sum(sums).tolist()
     n = max(c[R + 9], 1.0)
     res = {f"top1_head{r}": c[r] / n for r in range(R)}
@@ -467,7 +474,38 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     res["part_iou"] = c[R + 7] / c[R + 6] if c[R + 6] else float("nan")
     res["box_area"] = c[R + 8] / n
     res["n"] = int(c[R + 9])
+    if names:
+        k = dist.all_reduce_sum(cue_sums).tolist()
+        P = len(names)
+        for j, name in enumerate(names):
+            res[f"cue_{name.replace(' ', '_')}"] = k[j] / k[P + j] if k[P + j] else float("nan")
+        res["cue_all"] = k[2 * P] / k[2 * P + 1] if k[2 * P + 1] else float("nan")
     return res
+
+
+def points_in_boxes(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, P) bool: point ``p`` of image ``b`` lies in box ``b`` (xyxy, borders included).
+    A NaN point (not visible) is in no box."""
+    x, y = points[..., 0], points[..., 1]
+    b = boxes[:, None, :]
+    return (x >= b[..., 0]) & (x <= b[..., 2]) & (y >= b[..., 1]) & (y <= b[..., 3])
+
+
+def _cue_counts(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Per part: images whose box holds it, images that show it; then images whose box holds
+    every part they show (among images showing one at least), and those images."""
+    shown = ~torch.isnan(points).any(-1)
+    inside = points_in_boxes(boxes, points) & shown
+    has_any = shown.any(1)
+    all_in = (inside == shown).all(1) & has_any
+    return torch.cat([inside.sum(0), shown.sum(0), all_in.sum()[None], has_any.sum()[None]]).double().cpu()
+
+
+def _part_names(dataset) -> list[str]:
+    """``part_names`` of an fgnb data set, or of the one a wrapper (Subset, ...) holds; [] if none."""
+    while not hasattr(dataset, "part_names") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return list(getattr(dataset, "part_names", None) or [])
 
 
 def passed_over(batch: dict, dataset) -> list[str]:
