@@ -175,7 +175,8 @@ def _metric_of(run: dict, metric: str, split: str):
 
 
 def paired_differences(results: dict, baseline: str = "last", metric: str = "top1_last", split: str = "test",
-                       percent: bool = True, confidence: float = 0.95, markdown: bool = False):
+                       percent: bool = True, confidence: float = 0.95, markdown: bool = False,
+                       baseline_metric: str | None = None):
     """Every variant against ``baseline``, seed by seed: mean paired difference and its t interval.
 
     Runs with the same seed share the initial heads, batch order and augmentation (and every
@@ -183,6 +184,8 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
     seeds share; mean d = (1/n) sum_s d_s, interval mean +- t_{n-1} sd(d) / sqrt(n).
     ``split``: ``test`` (read once per run, on the checkpoint chosen on validation) or
     ``val`` (the validation metric of that checkpoint: what decisions are made on).
+    ``baseline_metric`` (default ``metric``): the baseline's metric, e.g. a crop variant's
+    ``top1_crop`` inference mode against the baseline's ``top1_last``.
     Rows: {variant, n, mean, sd, half_width, low, high, excludes_zero, seeds}, in percent
     points by default; the baseline itself is left out.
     """
@@ -193,7 +196,7 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
     k = 100.0 if percent else 1.0
     by = {}
     for r in results.get("runs", []):
-        v = _metric_of(r, metric, split)
+        v = _metric_of(r, baseline_metric or metric if r["variant"] == baseline else metric, split)
         if v is not None:
             by.setdefault(r["variant"], {})[r["seed"]] = v * k
     if baseline not in by:

@@ -28,6 +28,17 @@ def test_paired_difference_and_interval_by_hand():
     assert paired_differences(res, split="val")[0]["mean"] == pytest.approx(mean)
 
 
+def test_a_variants_inference_mode_against_the_baselines_last_head():
+    """baseline_metric pairs the variant's crop mode with the baseline's last head, seed by seed."""
+    runs = [{"variant": "last", "seed": s, "test": {"top1_last": 0.40 + s / 100, "top1_crop": 0.1}} for s in range(3)]
+    runs += [{"variant": "crop", "seed": s, "test": {"top1_last": 0.30, "top1_crop": 0.45 + s / 50}} for s in range(3)]
+    res = {"kind": "ablation", "variants": {"last": {}, "crop": {}}, "runs": runs}
+    (row,) = paired_differences(res, metric="top1_crop", baseline_metric="top1_last")
+    assert row["mean"] == pytest.approx(((5 - 0) + (7 - 1) + (9 - 2)) / 3)
+    (same,) = paired_differences(res, metric="top1_crop")  # both on the crop mode
+    assert same["mean"] == pytest.approx(100 * (0.47 - 0.1))
+
+
 def test_pairing_removes_what_seeds_share():
     """A variant one point above last on every seed: the interval is that point exactly,
     however much the seeds themselves vary."""
