@@ -66,6 +66,14 @@ VARIANTS = {
                                   select_by="crop_only"),
     "last+crop:only": dict(strategy="last", crop=True, crop_weight=1.0, select_by="crop_only"),
     "progressive+crop:threshold0.5": dict(strategy="progressive", crop=True, threshold_scale=0.5),
+    # The box chosen on validation by bench/boxes.py (results/boxes_cpu.json: the highest top-1 of
+    # the true-head crop readers on validation: the box at least 16 px, grown by half its size on
+    # each side), with the checkpoint chosen on the inference mode that uses the crop (global and
+    # crop views averaged); and the true head box under the same selection (the training's bound).
+    "progressive+crop:min16+margin0.5": dict(strategy="progressive", crop=True, min_crop=16, crop_margin=0.5,
+                                             select_by="crop"),
+    "progressive+crop:oracle+select_crop": dict(strategy="progressive", crop=True, crop_boxes="oracle",
+                                                select_by="crop"),
     "progressive:deep_first": dict(strategy="progressive", order="deep_first"),
     "progressive:one_point": dict(strategy="progressive", reforward=False),
     "progressive:R2": dict(strategy="progressive", targets=2),
