@@ -36,6 +36,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import REPO, command_line, git_commit, machine_info, utc_now, write_json  # noqa: E402
+from fgnb.config import option_differences  # noqa: E402
 
 #: name -> options on top of the base config. Order = table order. Every crop variant uses the
 #: protocol's defaults unless it names another: joint crop update (R steps per batch, as
@@ -126,13 +127,15 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
-def base_config(args):
+def base_config(args, fixed: dict | None = None):
+    """The study's base: ``--config`` or the CPU base, then ``fixed`` (a study's own constants),
+    the tiny set-up, ``--epochs``, ``--data-root`` and ``--set``."""
     from fgnb.config import TrainConfig, load_config
     if args.config:
         cfg = load_config(args.config)
     else:
         cfg = TrainConfig(**cpu_base())
-    changes = {}
+    changes = dict(fixed or {})
     if args.tiny:
         changes.update(TINY)
     if args.epochs is not None:
@@ -148,7 +151,6 @@ def _check_same_run(out: pathlib.Path, cfg_dict: dict) -> None:
     """A finished run is reused only if it was made with the requested options."""
     import yaml
 
-    from fgnb.config import option_differences
     saved_path = out / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
     if not isinstance(saved, dict):
@@ -234,26 +236,32 @@ def _run_options(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in ("out", "resume", "progress")}
 
 
-def _previous_runs(path) -> dict:
-    """{(variant, seed): row} of an existing results file (the committed record of finished runs)."""
+def run_folder(runs_dir, variant: str, seed: int) -> pathlib.Path:
+    """``<runs_dir>/<variant>/seed<k>``, the variant's name made a folder name."""
+    return pathlib.Path(runs_dir) / variant.replace(":", "_").replace("+", "_") / f"seed{seed}"
+
+
+def previous_runs(path, kind: str = "ablation", key: tuple = ("variant", "seed")) -> dict:
+    """{key: row} of an existing results file of ``kind`` (the committed record of finished runs);
+    a row's key is the tuple of its ``key`` fields."""
     path = pathlib.Path(path)
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
-    if data.get("kind") != "ablation":
-        raise ValueError(f"{path} is not an ablation results file; choose another --out")
-    return {(r["variant"], r["seed"]): r for r in data.get("runs", []) if r.get("config") and r.get("test")}
+    if data.get("kind") != kind:
+        raise ValueError(f"{path} is not {'an' if kind[0] in 'aeiou' else 'a'} {kind} results file; choose another --out")
+    return {tuple(r[f] for f in key): r for r in data.get("runs", []) if r.get("config") and r.get("test")}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench/results/ablation_cpu.json", help="results JSON")
-    p.add_argument("--runs-dir", default="bench/runs/ablation", help="one folder per run (gitignored)")
+def add_run_arguments(p: argparse.ArgumentParser, out: str, runs_dir: str, variants: list[str]) -> None:
+    """The options a study of runs shares (the ablation, the sweep)."""
+    p.add_argument("--out", default=out, help="results JSON")
+    p.add_argument("--runs-dir", default=runs_dir, help="one folder per run (gitignored)")
     p.add_argument("--config", help="YAML of TrainConfig options for the base (default: the CPU base)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)),
                    help="training seeds (default 0-9: the count bench/README.md derives from the measured spread)")
-    p.add_argument("--variants", nargs="+", default=CORE, choices=list(VARIANTS), metavar="VARIANT",
-                   help=f"default: {' '.join(CORE)}; all: {' '.join(VARIANTS)}")
+    p.add_argument("--variants", nargs="+", default=variants, choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"default: {' '.join(variants)}; all: {' '.join(VARIANTS)}")
     p.add_argument("--epochs", type=int, help="override the base's epochs")
     p.add_argument("--data-root", help="override the base's data_root")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other TrainConfig option of the base")
@@ -261,20 +269,13 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (use with --threads 1)")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI): 1 batch, tiny data")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
-    args = p.parse_args(argv)
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    base = base_config(args)
-    runs_dir = pathlib.Path(args.runs_dir)
-    started, t0 = utc_now(), time.perf_counter()
-    from fgnb.config import option_differences
 
-    previous = _previous_runs(args.out)
-    commit = git_commit()
-    results = {
-        "kind": "ablation",
+def results_header(kind: str, base, started: str, **fields) -> dict:
+    """What every results file of a study records before its runs: command, commit, machine,
+    base, and the study's own ``fields``."""
+    return {
+        "kind": kind,
         "schema": 2,
         "command": command_line(),
         **git_commit(),
@@ -289,65 +290,99 @@ def main(argv=None) -> int:
                  f"({base.select_by} mode); 'val' of a run = validation metrics of that epoch; the validation split "
                  f"is carved with split_seed={base.split_seed} whatever the training seed; std = sample standard "
                  "deviation over seeds; each run row names the commit that trained it",
+        **fields,
         "runs": [],
         "table": [],
     }
-    # Seed-major (a partial result covers every variant with the same seeds), longest first
-    # within a seed, so parallel processes finish a seed together.
-    plan = [(v, s) for s in args.seeds for v in sorted(args.variants, key=lambda v: -COST.get(v, 1.0))]
-    cfgs = {}
-    for v, s in plan:
-        out = runs_dir / v.replace(":", "_").replace("+", "_") / f"seed{s}"
-        cfgs[(v, s)] = base.replace(**VARIANTS[v], seed=s, out=str(out)).to_dict()
-    # Rows of the results file outside this plan stay in it (a run of some variants never
-    # drops the record of others).
-    done = {k: r for k, r in previous.items() if k not in cfgs}
-    variants = [v for v in VARIANTS if v in args.variants or any(k[0] == v for k in done)]
-    seeds = sorted(set(args.seeds) | {k[1] for k in done})
-    results["variants"] = {v: VARIANTS[v] for v in variants}
-    results["seeds"] = seeds
 
-    def record(key, row, seconds):
-        v, s = key
-        row.setdefault("commit", commit.get("commit"))
-        row.update(variant=v, seed=s, out=cfgs[key]["out"], config=_run_options(cfgs[key]))
+
+def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summarize, jobs: int = 1,
+             threads: int | None = None, t0: float | None = None) -> dict:
+    """Train every run of ``cfgs`` ({key tuple: config dict}, in plan order), writing ``results``
+    to ``out`` atomically after every run; returns {key: row} of every run the file holds.
+
+    A run ``previous`` (:func:`previous_runs`) holds with the same options is kept (an option added
+    to fgnb since counts as its default); :func:`run_one` reads back a finished run folder and
+    resumes one with a ``last.pt``. Rows of ``previous`` outside the plan stay in the file.
+    ``summarize(done)`` fills ``results['runs']`` (in table order) and ``results['table']``.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    commit = git_commit().get("commit")
+    done = {k: r for k, r in previous.items() if k not in cfgs}
+
+    def name(k):
+        return " ".join(f"{f} {v}" if f != "variant" else str(v) for f, v in zip(key, k))
+
+    def record(k, row, seconds):
+        row.setdefault("commit", commit)
+        row.update(dict(zip(key, k)), out=cfgs[k]["out"], config=_run_options(cfgs[k]))
         test = row["test"]
-        print(f"[{utc_now()}]   done {v} seed {s}: {'skipped (done)' if row['skipped'] else f'{seconds:.0f} s'}: "
+        print(f"[{utc_now()}]   done {name(k)}: {'skipped (done)' if row['skipped'] else f'{seconds:.0f} s'}: "
               + ", ".join(f"{m}={test[m]:.3f}" for m in METRICS if isinstance(test.get(m), float)), flush=True)
-        done[key] = row
-        order = [(v, s) for s in seeds for v in variants]
-        results["runs"] = [done[k] for k in order if k in done]  # table order, whatever finished first
-        results["table"] = aggregate(results["runs"], variants)
+        done[k] = row
+        summarize(done)
         results["wall_time_s"] = round(time.perf_counter() - t0, 1)  # this process
         results["train_wall_s_total"] = round(sum(r.get("train_wall_s") or 0.0 for r in results["runs"]), 1)
-        results["complete"] = all(k in done for k in cfgs)
-        write_json(args.out, results)
+        results["complete"] = all(c in done for c in cfgs)
+        write_json(out, results)
 
-    for key in list(plan):  # runs the results file already holds with the same options
-        row = previous.get(key)
+    plan = list(cfgs)
+    for k in list(plan):  # runs the results file already holds with the same options
+        row = previous.get(k)
         # (an option added to fgnb since the row was written counts as its default)
-        if row is not None and not option_differences(row["config"], _run_options(cfgs[key])):
-            record(key, {**row, "skipped": True}, 0.0)
-            plan.remove(key)
-    if args.jobs <= 1:
-        for i, key in enumerate(plan):
-            print(f"[{utc_now()}] run {i + 1}/{len(plan)}: {key[0]} seed {key[1]} -> {cfgs[key]['out']}", flush=True)
+        if row is not None and not option_differences(row["config"], _run_options(cfgs[k])):
+            record(k, {**row, "skipped": True}, 0.0)
+            plan.remove(k)
+    if jobs <= 1:
+        for i, k in enumerate(plan):
+            print(f"[{utc_now()}] run {i + 1}/{len(plan)}: {name(k)} -> {cfgs[k]['out']}", flush=True)
             ts = time.perf_counter()
-            record(key, run_one(cfgs[key], args.threads), time.perf_counter() - ts)
+            record(k, run_one(cfgs[k], threads), time.perf_counter() - ts)
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
-        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            starts, futures = {}, {}
-            for key in plan:
-                futures[pool.submit(run_one, cfgs[key], args.threads)] = key
-            print(f"[{utc_now()}] {len(plan)} runs queued on {args.jobs} processes", flush=True)
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_one, cfgs[k], threads): k for k in plan}
+            print(f"[{utc_now()}] {len(plan)} runs queued on {jobs} processes", flush=True)
             for fut in cf.as_completed(futures):
-                key = futures[fut]
                 row = fut.result()
-                record(key, row, row.get("train_wall_s") or 0.0)
+                record(futures[fut], row, row.get("train_wall_s") or 0.0)
     results["finished"] = utc_now()
-    write_json(args.out, results)
+    write_json(out, results)
+    return done
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p, out="bench/results/ablation_cpu.json", runs_dir="bench/runs/ablation", variants=CORE)
+    args = p.parse_args(argv)
+
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    base = base_config(args)
+    started, t0 = utc_now(), time.perf_counter()
+    previous = previous_runs(args.out)
+    results = results_header("ablation", base, started)
+    # Seed-major (a partial result covers every variant with the same seeds), longest first
+    # within a seed, so parallel processes finish a seed together.
+    plan = [(v, s) for s in args.seeds for v in sorted(args.variants, key=lambda v: -COST.get(v, 1.0))]
+    cfgs = {(v, s): base.replace(**VARIANTS[v], seed=s, out=str(run_folder(args.runs_dir, v, s))).to_dict()
+            for v, s in plan}
+    # Rows of the results file outside this plan stay in it (a run of some variants never
+    # drops the record of others).
+    kept = [k for k in previous if k not in cfgs]
+    variants = [v for v in VARIANTS if v in args.variants or any(k[0] == v for k in kept)]
+    seeds = sorted(set(args.seeds) | {k[1] for k in kept})
+    results["variants"] = {v: VARIANTS[v] for v in variants}
+    results["seeds"] = seeds
+
+    def summarize(done):
+        order = [(v, s) for s in seeds for v in variants]
+        results["runs"] = [done[k] for k in order if k in done]  # table order, whatever finished first
+        results["table"] = aggregate(results["runs"], variants)
+
+    run_plan(cfgs, previous, results, args.out, ("variant", "seed"), summarize, args.jobs, args.threads, t0)
     from fgnb.results import ablation_table
     print(ablation_table(results, markdown=True))
     return 0

@@ -17,19 +17,23 @@ from typing import Any
 import yaml
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args",
-           "option_differences", "SYNTHETIC", "SYNTHETIC_ARCH"]
+           "option_differences", "SYNTHETIC", "SYNTHETIC_ARCH", "SYNTHETIC_VIT_ARCH", "SYNTHETIC_ARCHS"]
 
 
 class ConfigError(ValueError):
     """An option has a value outside its valid choices."""
 
 
-#: ``weights`` alias of the backbone that ships with fgnb (see :mod:`fgnb.pretrained`)
+#: ``weights`` alias of the backbones that ship with fgnb (see :mod:`fgnb.pretrained`): the one
+#: whose architecture matches the model
 SYNTHETIC = "fgnb:synthetic"
-#: the architecture options that backbone needs
 #: data sets that download=True can fetch
 DOWNLOADABLE = ("cub", "aircraft", "flowers", "pets")
+#: the architecture options of the shipped backbones: timm's hybrid (the CPU profile's, and the
+#: default) and a plain ViT with the text's linear patch projection
 SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embed_dim=96, num_heads=3)
+SYNTHETIC_VIT_ARCH = dict(model="vit_tiny_patch16_224", patch_size=4, depth=6, embed_dim=96, num_heads=3)
+SYNTHETIC_ARCHS = (SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH)
 
 
 def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]:
@@ -118,7 +122,8 @@ class TrainConfig:
     num_heads: int | None = opt(SYNTHETIC_ARCH["num_heads"], "attention heads H (None: the model's own)")
     pretrained: bool = opt(False, "load the model's pretrained weights through timm (network)")
     weights: str | None = opt(SYNTHETIC, f"local timm checkpoint (.pth/.safetensors) to start from, offline; {SYNTHETIC!r}: the "
-                                         "shipped backbone pre-trained on other synthetic species (fits the default model only); "
+                                         "shipped backbone pre-trained on other synthetic species whose architecture matches the "
+                                         "model (the default hybrid, or the plain ViT of fgnb/weights/pretrain_synthetic_vit.yaml); "
                                          "None: from scratch")
     targets: int | list = opt(3, "target layers: a count from the end, or a list of block indices")
     head_hidden: int | None = opt(None, "hidden width of each MLP head (default: embed dim)")
@@ -215,20 +220,25 @@ class TrainConfig:
         if self.pretrained and self.weights is not None:
             raise ConfigError(f"pretrained=True downloads {self.model}'s own weights and weights={self.weights!r} "
                               "loads a file: choose one (set weights to None to download)")
-        if self.weights == SYNTHETIC:
-            wrong = {k: getattr(self, k) for k, v in SYNTHETIC_ARCH.items() if getattr(self, k) != v}
-            if wrong:
-                arch = ", ".join(f"{k}={v!r}" for k, v in SYNTHETIC_ARCH.items())
-                raise ConfigError(
-                    f"weights={SYNTHETIC!r} is the pre-trained backbone of {arch}, but this config has "
-                    + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-                    + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
+        if self.weights == SYNTHETIC and self.synthetic_arch() is None:
+            # name the differences from the shipped architecture of the same model (else the default's)
+            arch = next((a for a in SYNTHETIC_ARCHS if a["model"] == self.model), SYNTHETIC_ARCH)
+            wrong = {k: getattr(self, k) for k, v in arch.items() if getattr(self, k) != v}
+            shipped = " or ".join("(" + ", ".join(f"{k}={v!r}" for k, v in a.items()) + ")" for a in SYNTHETIC_ARCHS)
+            raise ConfigError(
+                f"weights={SYNTHETIC!r} is the pre-trained backbone of {shipped}, but this config has "
+                + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+                + "; set weights to None (train from scratch), pretrained=True, or a weights file of that model")
         if self.download and self.dataset not in DOWNLOADABLE:
             raise ConfigError(f"download=True fetches {', '.join(DOWNLOADABLE)}; dataset={self.dataset!r} "
                               "is generated locally (synthetic) or is your own folder (folder)")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
             raise ConfigError(f"checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
         return self
+
+    def synthetic_arch(self) -> dict | None:
+        """The shipped backbone architecture (an entry of ``SYNTHETIC_ARCHS``) this model has, or None."""
+        return next((a for a in SYNTHETIC_ARCHS if all(getattr(self, k) == v for k, v in a.items())), None)
 
     def _check_targets(self) -> None:
         t = self.targets

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["to_display", "draw_box", "attention_grid", "overlay", "plot_history", "method_pipeline", "batch_timeline",
-           "forest_plot"]
+           "forest_plot", "gain_plot"]
 
 
 def to_display(image: torch.Tensor, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
@@ -258,6 +258,40 @@ def forest_plot(rows: Sequence[dict], ax=None, title: str = "", xlabel: str = "d
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [r["variant"] for r in rows], fontsize=8)
     ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def gain_plot(rows: Sequence[dict], ax=None, title: str = "",
+              xlabel: str = "eye-ring diameter at the input (px, median over validation images)",
+              ylabel: str = "gain over last (points)", dodge: float = 0.015):
+    """A sweep's gain curve: one line per variant, the paired gain at each point's eye-ring size
+    with its interval as an error bar, and the zero line (chapter 9).
+
+    ``rows``: :func:`fgnb.results.gain_curve` rows (``variant``, ``x``, ``mean``, ``low``,
+    ``high``, ``n``). Variants are shifted sideways by ``dodge`` x the x range each, so bars at
+    one point do not hide each other. Returns the axes.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    xs = [r["x"] for r in rows]
+    span = (max(xs) - min(xs)) or 1.0 if xs else 1.0
+    for i, v in enumerate(variants):
+        mine = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["x"])
+        shift = (i - (len(variants) - 1) / 2) * dodge * span
+        x = np.array([r["x"] for r in mine]) + shift
+        y = np.array([r["mean"] for r in mine])
+        lo = np.array([r["low"] for r in mine])
+        hi = np.array([r["high"] for r in mine])
+        err = np.nan_to_num(np.stack([y - lo, hi - y]))  # no interval (one seed): no bar
+        ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, lw=1.5, label=v)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if variants:
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     return ax

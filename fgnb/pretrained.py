@@ -1,4 +1,4 @@
-"""Portable backbone weights, and the small pre-trained ViT the CPU chapters start from.
+"""Portable backbone weights, and the small pre-trained ViTs the CPU chapters start from.
 
 Chapter 5 explains why: the method fine-tunes a pre-trained ViT (ImageNet-21k weights on
 CUB), and a ViT trained from scratch on a thousand synthetic images stays at chance for
@@ -7,15 +7,25 @@ the CPU profile starts, like the real recipe, from weights pre-trained on *other
 species: the hybrid timm ViT ``vit_tiny_r_s16_p8_224`` (a ResNet stem, then ViT blocks;
 width 96, depth 6, 8 x 8 tokens at 64 px) trained with the plain last-layer loss on
 species 11-30 of :mod:`fgnb.synthetic`. The default set holds species 1-10, so no
-class and no image the chapters evaluate on was seen in pre-training.
+class and no image the chapters evaluate on was seen in pre-training. A second recipe
+pre-trains a plain ViT with the text's linear patch projection (``vit_tiny_patch16_224``,
+4 x 4 pixel patches, width 96, depth 6) on the same species. ``weights='fgnb:synthetic'``
+picks the file of the model's architecture (:func:`synthetic_weights`).
 
 :func:`export_backbone` writes any trained :class:`~fgnb.model.FGViT`'s backbone as a
 timm ``.safetensors`` file (timm's own keys, no heads) that
 ``create_model(name, weights=path)`` - or timm itself, through
-``pretrained_cfg_overlay=dict(file=path)`` - loads. The shipped file was made by::
+``pretrained_cfg_overlay=dict(file=path)`` - loads. The shipped files are made by::
 
+    # the hybrid (the CPU profile's default)
     python -m fgnb train --config fgnb/weights/pretrain_synthetic.yaml --out runs/pretrain
     python -m fgnb export runs/pretrain/best.pt fgnb/weights/vit_tiny_r_s16_p8_64_synthetic.safetensors
+    # the plain ViT (about 70 min on one core; the recipe states the arithmetic)
+    OMP_NUM_THREADS=1 python -m fgnb train --config fgnb/weights/pretrain_synthetic_vit.yaml --out runs/pretrain_vit
+    python -m fgnb export runs/pretrain_vit/best.pt fgnb/weights/vit_tiny_patch4_64_synthetic.safetensors
+
+A model built at another input size than the weights' 64 px (e.g. 32, 48 or 96 px) gets
+timm's resampled position embedding (bicubic over the token grid, the CLS entry kept).
 """
 from __future__ import annotations
 
@@ -27,12 +37,16 @@ import torch
 
 from .model import FGViT
 
-__all__ = ["export_backbone", "export_checkpoint", "read_metadata", "SYNTHETIC_WEIGHTS", "SYNTHETIC_RECIPE", "synthetic_weights"]
+__all__ = ["export_backbone", "export_checkpoint", "read_metadata", "SYNTHETIC_WEIGHTS", "SYNTHETIC_RECIPE",
+           "SYNTHETIC_VIT_WEIGHTS", "SYNTHETIC_VIT_RECIPE", "synthetic_backbones", "synthetic_weights", "recipe_commands"]
 
 _DIR = pathlib.Path(__file__).parent / "weights"
-#: the shipped pre-trained backbone of the CPU profile, and the config that trained it
+#: the shipped pre-trained backbone of the CPU profile (the hybrid), and the config that trained it
 SYNTHETIC_WEIGHTS = _DIR / "vit_tiny_r_s16_p8_64_synthetic.safetensors"
 SYNTHETIC_RECIPE = _DIR / "pretrain_synthetic.yaml"
+#: the plain ViT's (linear patch projection; the file exists once the recipe has been run and shipped)
+SYNTHETIC_VIT_WEIGHTS = _DIR / "vit_tiny_patch4_64_synthetic.safetensors"
+SYNTHETIC_VIT_RECIPE = _DIR / "pretrain_synthetic_vit.yaml"
 
 
 def export_backbone(model: FGViT, path: str | os.PathLike, metadata: dict | None = None) -> pathlib.Path:
@@ -92,17 +106,45 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
     return export_backbone(model, out, meta)
 
 
-def synthetic_weights() -> str:
-    """Path of the shipped CPU-profile backbone; a clear error if it is missing or stale."""
+def synthetic_backbones() -> list[tuple[dict, pathlib.Path, pathlib.Path]]:
+    """(architecture options, weights file, recipe) of every backbone fgnb ships."""
+    from .config import SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH
+
+    return [(SYNTHETIC_ARCH, SYNTHETIC_WEIGHTS, SYNTHETIC_RECIPE),
+            (SYNTHETIC_VIT_ARCH, SYNTHETIC_VIT_WEIGHTS, SYNTHETIC_VIT_RECIPE)]
+
+
+def recipe_commands(recipe: str | os.PathLike) -> list[str]:
+    """The commands that make a backbone, as its recipe's header states them (``#   ...`` lines)."""
+    lines = pathlib.Path(recipe).read_text().splitlines()
+    return [ln[1:].strip() for ln in lines if ln.startswith("#   ")]
+
+
+def synthetic_weights(cfg=None) -> str:
+    """Path of the shipped backbone of ``cfg``'s architecture (a :class:`~fgnb.config.TrainConfig`
+    or a dict of its options; None: the default hybrid). A clear error if no shipped backbone
+    has that architecture, or if its file is missing (naming the recipe that makes it) or stale."""
     from .synthetic import GENERATOR_VERSION
 
-    if not SYNTHETIC_WEIGHTS.is_file():
+    if cfg is None:
+        arch, weights, recipe = synthetic_backbones()[0]
+    else:
+        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
+        found = [b for b in synthetic_backbones() if all(get(k) == v for k, v in b[0].items())]
+        if not found:
+            shipped = " or ".join("(" + ", ".join(f"{k}={v!r}" for k, v in b[0].items()) + ")"
+                                  for b in synthetic_backbones())
+            raise ValueError(f"no shipped synthetic backbone has this architecture; fgnb ships {shipped}")
+        arch, weights, recipe = found[0]
+    if not weights.is_file():
+        commands = "".join(f"\n    {c}" for c in recipe_commands(recipe))
         raise FileNotFoundError(
-            f"{SYNTHETIC_WEIGHTS} is missing (it ships with fgnb); rebuild it with the commands in "
-            "fgnb/pretrained.py's docstring, or pass weights=None to train from scratch")
-    made_with = read_metadata(SYNTHETIC_WEIGHTS).get("generator_version")
+            f"{weights} is missing: the backbone of {arch['model']} (patch_size={arch['patch_size']}) is made by its "
+            f"recipe {recipe.name}, from the repository's root:{commands}\n"
+            "or pass weights=None to train from scratch")
+    made_with = read_metadata(weights).get("generator_version")
     if made_with != GENERATOR_VERSION:
         raise RuntimeError(
-            f"{SYNTHETIC_WEIGHTS} was pre-trained on synthetic generator version {made_with}, but fgnb.synthetic "
+            f"{weights} was pre-trained on synthetic generator version {made_with}, but fgnb.synthetic "
             f"is version {GENERATOR_VERSION}; rebuild it (commands in fgnb/pretrained.py)")
-    return str(SYNTHETIC_WEIGHTS)
+    return str(weights)

@@ -14,8 +14,11 @@ installed fgnb (a wheel, Colab) the copies packaged in ``fgnb/recorded/``;
 ``find_results()`` is the results folder itself.
 
 ``load_results(path)`` returns the JSON as a dict and checks its ``kind`` (``'ablation'``
-from ``bench/ablation.py``, ``'speed'`` from ``bench/speed.py``, ``'published'`` for
-``bench/published.json``).
+from ``bench/ablation.py``, ``'sweep'`` from ``bench/sweep.py``, ``'speed'`` from
+``bench/speed.py``, ``'published'`` for ``bench/published.json``).
+
+``gain_curve(results)``: a sweep's paired gain over ``last`` at every point, with its t
+interval, against the eye ring's size at the input (``fgnb.plots.gain_plot`` draws it).
 
 ``ablation_table(results, metrics=..., markdown=False, percent=True)``: one row per variant
 in the study's order, ``{'variant', 'n_seeds', '<metric>': 'mean ± std', '<metric>_mean',
@@ -38,7 +41,7 @@ import pathlib
 from typing import Any, Sequence
 
 __all__ = ["find_results", "load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown",
-           "t_quantile", "paired_differences", "seeds_needed", "load_results_dir"]
+           "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 
@@ -46,7 +49,7 @@ ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", 
 _T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
          10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314, 16: 2.1199, 17: 2.1098,
          18: 2.1009, 19: 2.0930, 20: 2.0860, 25: 2.0595, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}
-KINDS = ("ablation", "speed", "published", "gpu_check")
+KINDS = ("ablation", "speed", "published", "gpu_check", "sweep")
 
 
 def _recorded_bases() -> list[pathlib.Path]:
@@ -216,6 +219,42 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
     if markdown:
         shown = [{"variant": r["variant"], "n": r["n"], f"mean diff ({'points' if percent else 'share'})": _fmt(r["mean"], 2),
                   "95 % interval": f"[{_fmt(r['low'], 2)}, {_fmt(r['high'], 2)}]", "sd": _fmt(r["sd"], 2)} for r in rows]
+        return to_markdown(shown)
+    return rows
+
+
+def gain_curve(results: dict, variants: Sequence[str] | None = None, baseline: str = "last",
+               metric: str = "top1_last", split: str = "test", x: str = "diameter_input_px", percent: bool = True,
+               confidence: float = 0.95, markdown: bool = False):
+    """A sweep's gain curve (``bench/sweep.py``): at every point, each variant's paired difference
+    to ``baseline`` and its t interval (:func:`paired_differences` on the point's runs).
+
+    ``x``: the eye-ring measure of the point that the curve is drawn against (``diameter_input_px``,
+    ``band_input_px`` or ``diameter_source_px``, median and quartiles over the validation
+    images). A point without ``baseline`` runs is left out, so is a variant without a run paired
+    with one. Rows: {point, variant, x, x_q1, x_q3, n, mean, sd, half_width, low, high,
+    excludes_zero, seeds}, by variant (the study's order), then point.
+    """
+    if results.get("kind") != "sweep":
+        raise ValueError("gain_curve needs the results of bench/sweep.py (kind 'sweep')")
+    order = [v for v in (results.get("variants") or {}) if v != baseline]
+    wanted = order if variants is None else [v for v in variants if v != baseline]
+    rows = []
+    for info in results.get("points", []):
+        runs = [r for r in results.get("runs", []) if r["point"] == info["point"]]
+        if not any(r["variant"] == baseline and _metric_of(r, metric, split) is not None for r in runs):
+            continue
+        point = {"kind": "ablation", "runs": runs, "variants": list(results.get("variants") or {})}
+        ring = (info.get("eye_ring") or {}).get(x) or {}  # none: not a synthetic set
+        for d in paired_differences(point, baseline, metric, split, percent, confidence):
+            if d["variant"] in wanted and d["n"] > 0:
+                rows.append({"point": info["point"], "variant": d["variant"], "x": ring.get("median"),
+                             "x_q1": ring.get("q1"), "x_q3": ring.get("q3"), **{k: v for k, v in d.items() if k != "variant"}})
+    rows.sort(key=lambda r: (wanted.index(r["variant"]), r["point"]))
+    if markdown:
+        shown = [{"point": r["point"], f"eye ring ({x})": f"{_fmt(r['x'], 2)} [{_fmt(r['x_q1'], 2)}, {_fmt(r['x_q3'], 2)}]",
+                  "variant": r["variant"], "n": r["n"], f"gain ({'points' if percent else 'share'})": _fmt(r["mean"], 2),
+                  "95 % interval": f"[{_fmt(r['low'], 2)}, {_fmt(r['high'], 2)}]"} for r in rows]
         return to_markdown(shown)
     return rows
 

@@ -38,7 +38,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
     "GENERATOR_VERSION", "DEFAULTS", "CLASS_SPECS", "class_specs", "class_names",
-    "render", "CUES", "cue_points", "generate", "default_root", "ensure_synthetic",
+    "render", "CUES", "cue_points", "generate", "default_root", "ensure_synthetic", "eye_ring_diameter",
+    "eye_ring_diameters", "image_seeds", "RING_RADIUS", "PUPIL_RADIUS",
 ]
 
 GENERATOR_VERSION = 3
@@ -52,6 +53,10 @@ RING_COLOURS = {  # eye-ring colour
     "Red": (220, 30, 30), "Yellow": (235, 215, 20), "Blue": (30, 80, 230),
     "White": (245, 245, 245), "Green": (30, 170, 50),
 }
+#: outer radius of the eye ring, in canonical units (body half-length = 1), before the part scale
+RING_RADIUS = 0.14
+#: radius of the black pupil drawn over it: the ring's coloured band is RING_RADIUS - PUPIL_RADIUS wide
+PUPIL_RADIUS = 0.065
 BEAKS = ("Short", "Long", "Hooked")        # beak shape
 CRESTS = ("Plain", "Crested")              # crest on the head or not
 
@@ -152,8 +157,8 @@ def _bird_parts_unscaled(spec, nuis):
     parts.append(("beak", np.array(pts), bc, True))
     # eye ring (class colour) + pupil
     ex, ey = hx + 0.1, hy - 0.06
-    parts.append(("ring", _ellipse(ex, ey, 0.14, 0.14, 24), RING_COLOURS[ring], True))
-    parts.append(("eye", _ellipse(ex, ey, 0.065, 0.065, 16), (10, 10, 10), True))
+    parts.append(("ring", _ellipse(ex, ey, RING_RADIUS, RING_RADIUS, 24), RING_COLOURS[ring], True))
+    parts.append(("eye", _ellipse(ex, ey, PUPIL_RADIUS, PUPIL_RADIUS, 16), (10, 10, 10), True))
     return parts
 
 
@@ -207,15 +212,10 @@ def _background(rng, size, difficulty):
     return img
 
 
-def _layout(class_index: int, seed, size: int, difficulty: float):
-    """Everything :func:`render` draws, before drawing: the class spec, the nuisance factors,
-    the part scale ``k`` and the canonical -> pixel map ``p -> p @ R.T + t``."""
-    spec = CLASS_SPECS[class_index]
-    rng = np.random.default_rng(seed)
-    nuis = _sample_nuisance(rng, size, difficulty)
-
-    # canonical -> image transform (extent is class-independent: use a fixed
-    # canonical bounding box so class never moves the bird)
+def _placement(nuis, size, difficulty):
+    """The canonical -> image transform of one image: ``p_image = p @ R.T + t`` (R: rotation,
+    flip and scale), and the head's part scale ``k``. The extent is class-independent (a fixed
+    canonical bounding box), so the class never moves the bird."""
     k = _part_scale(difficulty)
     canon_box = _canonical_box(k)
     cw, ch = canon_box[1] - canon_box[0]
@@ -229,10 +229,61 @@ def _layout(class_index: int, seed, size: int, difficulty: float):
     span = ext_hi - ext_lo
     if span.max() > size * 0.98:                  # shrink if it does not fit
         f = size * 0.98 / span.max()
-        R, corners, ext_lo, ext_hi, span = R * f, corners * f, ext_lo * f, ext_hi * f, span * f
+        R, ext_lo, span = R * f, ext_lo * f, span * f
     free = size - span
     t = np.array([nuis["u"] * free[0], nuis["v"] * free[1]]) - ext_lo
-    return spec, nuis, k, R, t
+    return R, t, k
+
+
+def eye_ring_diameter(seed, size: int = 256, difficulty: float = 1.0) -> float:
+    """Outer diameter, in pixels, of the eye ring that ``render(c, seed, size, difficulty)``
+    draws (for any class ``c``: the class changes the ring's colour, never its place or size).
+
+    Computed from the same nuisance draw and canonical -> image transform as :func:`render`,
+    without drawing: ``2 * RING_RADIUS * k * s``, where ``k`` is the head's part scale and ``s``
+    the transform's scale (``sqrt(|det R|)``: rotation and flip keep lengths).
+    """
+    nuis = _sample_nuisance(np.random.default_rng(seed), size, difficulty)
+    R, _, k = _placement(nuis, size, difficulty)
+    return float(2 * RING_RADIUS * k * math.sqrt(abs(np.linalg.det(R))))
+
+
+def image_seeds(root) -> dict[int, tuple[int, tuple]]:
+    """{image id: (species, seed)} of a set :func:`generate` wrote to ``root``: the ids of its
+    ``images.txt`` (:class:`fgnb.data.CUBDataset` keeps them in ``ids``), and the arguments
+    ``render(species, seed, size, difficulty)`` drew each image with: seed = (data seed,
+    species, index within the species), the index read from the file name."""
+    root = pathlib.Path(root)
+    p = _is_complete(root)
+    if p is None:
+        raise FileNotFoundError(f"{root} holds no complete synthetic set (meta.json)")
+    first = p.get("first_class", 0)
+    labels = {}
+    for line in (root / "image_class_labels.txt").read_text().splitlines():
+        if line.strip():
+            i, c = line.split()
+            labels[int(i)] = first + int(c) - 1
+    out = {}
+    for line in (root / "images.txt").read_text().splitlines():
+        if line.strip():
+            i, rel = line.split(maxsplit=1)
+            j = int(rel.rsplit("_", 1)[1].split(".")[0]) - 1  # <class>/<name>_<j + 1:04d>.jpg
+            out[int(i)] = (labels[int(i)], (p["seed"], labels[int(i)], j))
+    return out
+
+
+def eye_ring_diameters(root) -> dict[int, float]:
+    """{image id: eye-ring diameter in source pixels} of every image of a generated set."""
+    p = _is_complete(pathlib.Path(root)) or {}
+    return {i: eye_ring_diameter(seed, p["size"], p["difficulty"]) for i, (_, seed) in image_seeds(root).items()}
+
+
+def _layout(class_index: int, seed, size: int, difficulty: float):
+    """Everything :func:`render` draws, before drawing: the class spec, the nuisance factors,
+    the part scale ``k`` and the canonical -> pixel map ``p -> p @ R.T + t``."""
+    nuis = _sample_nuisance(np.random.default_rng(seed), size, difficulty)
+    R, t, k = _placement(nuis, size, difficulty)
+    return CLASS_SPECS[class_index], nuis, k, R, t
 
 
 #: The three cues that tell the species apart, in the order of ``parts/parts.txt``.

@@ -123,7 +123,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> FGViT:
     if weights == SYNTHETIC:
         from .pretrained import synthetic_weights
 
-        weights = synthetic_weights()
+        weights = synthetic_weights(cfg)  # the shipped file of this model's architecture
     return create_model(
         cfg.model, num_classes=num_classes, targets=targets, pretrained=cfg.pretrained, weights=weights,
         img_size=cfg.img_size, head_hidden=cfg.head_hidden, **kwargs,

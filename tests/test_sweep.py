@@ -1,0 +1,260 @@
+"""bench/sweep.py ("when does zooming in help?"): a tiny end-to-end sweep and its resumability,
+the eye-ring size the sweep's axis is read in (against the ring the generator draws), and the
+gain curve against a hand computation."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from fgnb import synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sweep(monkeypatch, tmp_path):
+    """bench/sweep.py and bench/ablation.py as modules, the data in a temporary cache unless
+    FGNB_DATA names one."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import os
+    if not os.environ.get("FGNB_DATA"):
+        monkeypatch.setenv("FGNB_DATA", str(tmp_path / "data"))
+    import ablation
+    import sweep as sweep_mod
+
+    return importlib.reload(sweep_mod), ablation
+
+
+def _counting(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def counted(*a, **k):
+        calls.append(a[0] if a else k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_tiny_sweep_end_to_end_and_resumable(sweep, tmp_path, monkeypatch, capsys):
+    sweep, ablation = sweep
+    train_module = importlib.import_module("fgnb.train")  # (the package's `fgnb.train` is the function)
+
+    out, runs = tmp_path / "sweep.json", tmp_path / "runs"
+    args = ["--tiny", "--threads", "1", "--points", "32", "48", "--variants", "last", "progressive+crop",
+            "--seeds", "0", "--runs-dir", str(runs), "--out", str(out)]
+    trained = _counting(monkeypatch, train_module, "train")
+    assert sweep.main(args) == 0
+    assert len(trained) == 4
+    res = json.loads(out.read_text())
+    assert res["kind"] == "sweep" and res["complete"] and res["axis"] == "img_size"
+    for k in ("command", "commit", "dirty", "machine", "started", "finished", "base_config"):
+        assert k in res, k
+    keys = {(r["point"], r["variant"], r["seed"]) for r in res["runs"]}
+    assert keys == {(p, v, 0) for p in (32, 48) for v in ("last", "progressive+crop")}
+    for r in res["runs"]:
+        # one point = one input size; the crops come from the same 256 px source view everywhere
+        assert r["config"]["img_size"] == r["point"] and r["config"]["source_size"] == 256
+        assert r["config"]["crop"] == (r["variant"] == "progressive+crop")
+        assert pathlib.Path(r["out"], "test_metrics.json").is_file() and f"px{r['point']}" in r["out"]
+        assert 0 <= r["test"]["part_hit"] <= 1 and 0 < r["test"]["box_area"] <= 1
+    assert [(t["point"], t["variant"]) for t in res["table"]] == [(32, "last"), (32, "progressive+crop"),
+                                                                  (48, "last"), (48, "progressive+crop")]
+    # the eye ring per point: the same source images, scaled by the eval view (resize to
+    # round(8/7 size), centre crop: input px per source px = resize / 256)
+    pts = {p["point"]: p for p in res["points"]}
+    assert sorted(pts) == [32, 48]
+    for p, info in pts.items():
+        ring = info["eye_ring"]
+        assert info["resize_size"] == round(p * 8 / 7) and ring["n_images"] > 0
+        assert ring["input_per_source_px"] == pytest.approx(info["resize_size"] / 256, abs=1e-5)
+        src, inp = ring["diameter_source_px"], ring["diameter_input_px"]
+        assert src["q1"] <= src["median"] <= src["q3"]
+        for q in ("q1", "median", "q3"):
+            assert inp[q] == pytest.approx(src[q] * info["resize_size"] / 256, abs=2e-3)
+            band = (synthetic.RING_RADIUS - synthetic.PUPIL_RADIUS) / synthetic.RING_RADIUS / 2
+            assert ring["band_input_px"][q] == pytest.approx(inp[q] * band, abs=2e-3)
+    assert pts[32]["eye_ring"]["diameter_source_px"] == pts[48]["eye_ring"]["diameter_source_px"]
+
+    # A second call trains nothing: every run is in the results file with the same options.
+    trained.clear()
+    run_calls = _counting(monkeypatch, ablation, "run_one")
+    capsys.readouterr()
+    assert sweep.main(args) == 0
+    assert trained == [] and run_calls == []
+    assert capsys.readouterr().out.count("skipped (done)") == 4
+    # Without the results file, the run folders are read back (still nothing trained) ...
+    out.unlink()
+    assert sweep.main(args) == 0
+    assert trained == [] and len(run_calls) == 4
+    assert json.loads(out.read_text())["complete"]
+    # ... a run with a last.pt but no test metrics is resumed, the others kept ...
+    run_calls.clear()
+    folder = runs / "px48" / "last" / "seed0"
+    (folder / "test_metrics.json").unlink()
+    out.unlink()
+    assert sweep.main(args) == 0
+    assert len(trained) == 1 and trained[0].resume and trained[0].out == str(folder)
+    # ... and the file alone is the record: another runs folder and a subset of the points
+    # trains nothing and keeps the other point's rows and measurement.
+    trained.clear()
+    assert sweep.main([*args[:-4], "--points", "32", "--runs-dir", str(tmp_path / "elsewhere"), "--out", str(out)]) == 0
+    assert trained == [] and not (tmp_path / "elsewhere").exists()
+    res2 = json.loads(out.read_text())
+    assert len(res2["runs"]) == 4 and [p["point"] for p in res2["points"]] == [32, 48]
+    # another kind of results file is not overwritten
+    other = tmp_path / "ablation.json"
+    other.write_text(json.dumps({"kind": "ablation", "runs": []}))
+    with pytest.raises(ValueError, match="not a sweep results file"):
+        sweep.main([*args[:-2], "--out", str(other)])
+
+
+# ----------------------------------------------------------------------------- the eye ring
+def _ring_only_pair():
+    """Two species that differ in the eye-ring colour only (red and blue rings)."""
+    specs = synthetic.CLASS_SPECS
+    for a, (ring, beak, crest) in enumerate(specs):
+        if ring == "Red":
+            b = specs.index(("Blue", beak, crest))
+            return a, b
+    raise AssertionError("no red/blue pair")
+
+
+def _drawn_ring_extent(seed, size, difficulty, species=None):
+    """The drawn ring's outer diameter, measured on the images: the distance between the
+    outermost pixel centres two ring colours change (the pupil is drawn over the ring's centre;
+    PIL fills a polygon's boundary pixels, so the count of pixels would be one more)."""
+    a, b = _ring_only_pair()
+    if species is not None:  # a species of the set, and the one that differs from it in the ring only
+        ring, beak, crest = synthetic.CLASS_SPECS[species]
+        a = species
+        b = synthetic.CLASS_SPECS.index(("Blue" if ring != "Blue" else "Red", beak, crest))
+    ia = np.asarray(synthetic.render(a, seed, size, difficulty)[0], dtype=int)
+    ib = np.asarray(synthetic.render(b, seed, size, difficulty)[0], dtype=int)
+    ys, xs = np.nonzero(np.abs(ia - ib).sum(-1))
+    assert len(xs) > 0
+    return max(xs.max() - xs.min(), ys.max() - ys.min())
+
+
+@pytest.mark.parametrize("difficulty", [0.5, 1.0])
+def test_eye_ring_diameter_is_the_drawn_rings(difficulty):
+    """Without drawing, the function gives the diameter of the ring render draws, within a pixel
+    of rasterisation, over poses, scales and flips."""
+    errors = []
+    for j in range(24):
+        seed = (0, 3, j)
+        predicted = synthetic.eye_ring_diameter(seed, 256, difficulty)
+        errors.append(_drawn_ring_extent(seed, 256, difficulty) - predicted)
+    assert max(abs(e) for e in errors) <= 1.0, errors
+    # and at another source size the ring scales with it
+    assert synthetic.eye_ring_diameter((0, 3, 0), 128, difficulty) == pytest.approx(
+        synthetic.eye_ring_diameter((0, 3, 0), 256, difficulty) / 2)
+
+
+def test_image_seeds_redraw_the_images_of_a_generated_set(tmp_path):
+    """The seeds eye_ring_diameters reads the sizes with are the ones the set's images were
+    drawn with: re-rendering gives the JPEG on disk, and the ring measured on the re-rendered
+    pair is the diameter the set reports."""
+    from PIL import Image
+
+    root = synthetic.generate(tmp_path / "set", num_classes=3, train_per_class=3, test_per_class=1,
+                              difficulty=0.5, first_class=4)
+    seeds = synthetic.image_seeds(root)
+    diam = synthetic.eye_ring_diameters(root)
+    images = dict(line.split() for line in (root / "images.txt").read_text().splitlines())
+    assert sorted(seeds) == sorted(diam) == sorted(int(i) for i in images) and len(seeds) == 12
+    def drawn(species, seed):
+        return np.asarray(synthetic.render(species, seed, 256, 0.5)[0], dtype=float)
+
+    for i, (species, seed) in seeds.items():
+        on_disk = np.asarray(Image.open(root / "images" / images[str(i)]), dtype=float)
+        right = np.abs(drawn(species, seed) - on_disk).mean()  # JPEG's loss only
+        data_seed, sp, j = seed
+        wrong = np.abs(drawn(species, (data_seed, sp, (j + 1) % 4)) - on_disk).mean()  # another image
+        assert right < 5.0 and right < wrong / 4, (i, right, wrong)
+        assert abs(_drawn_ring_extent(seed, 256, 0.5, species) - diam[i]) <= 1.0
+
+
+# ----------------------------------------------------------------------------- the gain curve
+def _run(point, variant, seed, acc, val=None):
+    return {"point": point, "variant": variant, "seed": seed, "test": {"top1_last": acc},
+            "val": {"top1_last": acc if val is None else val}}
+
+
+def _sweep_results():
+    runs = []
+    base = {32: [0.50, 0.40, 0.45], 64: [0.60, 0.50, 0.55]}
+    crop = {32: [0.55, 0.48, 0.47], 64: [0.70, 0.62, 0.66]}  # differences: 5, 8, 2 and 10, 12, 11 points
+    summed = {32: [0.50, 0.40, 0.45], 64: [0.60, 0.50, 0.55]}
+    for p in (32, 64):
+        for s in range(3):
+            runs += [_run(p, "last", s, base[p][s]), _run(p, "progressive+crop", s, crop[p][s], val=0.9),
+                     _run(p, "summed", s, summed[p][s])]
+    runs.append(_run(96, "progressive+crop", 0, 0.9))  # a point without its baseline yet
+    ring = lambda m: {"diameter_input_px": {"median": m, "q1": m - 0.5, "q3": m + 0.5},
+                      "band_input_px": {"median": m / 4, "q1": m / 4, "q3": m / 4}}
+    return {"kind": "sweep", "variants": {"last": {}, "summed": {}, "progressive+crop": {}},
+            "points": [{"point": 32, "eye_ring": ring(2.6)}, {"point": 64, "eye_ring": ring(5.2)},
+                       {"point": 96, "eye_ring": ring(7.8)}], "runs": runs}
+
+
+def test_gain_curve_by_hand():
+    from fgnb.results import gain_curve
+
+    rows = gain_curve(_sweep_results(), variants=["progressive+crop"])
+    assert [(r["point"], r["variant"]) for r in rows] == [(32, "progressive+crop"), (64, "progressive+crop")]
+    t2 = 4.302653  # t_{0.975, 2}
+    # point 32: d = 5, 8, 2 -> mean 5, sd 3, half-width t2 * 3 / sqrt(3)
+    r = rows[0]
+    assert (r["x"], r["x_q1"], r["x_q3"], r["n"], r["seeds"]) == (2.6, 2.1, 3.1, 3, [0, 1, 2])
+    assert r["mean"] == pytest.approx(5.0) and r["sd"] == pytest.approx(3.0)
+    assert r["half_width"] == pytest.approx(t2 * 3 / math.sqrt(3), rel=1e-4)
+    assert r["low"] == pytest.approx(5 - t2 * math.sqrt(3), rel=1e-4) and not r["excludes_zero"]
+    # point 64: d = 10, 12, 11 -> mean 11, sd 1: the interval excludes zero
+    r = rows[1]
+    assert r["x"] == 5.2 and r["mean"] == pytest.approx(11.0) and r["sd"] == pytest.approx(1.0)
+    assert (r["low"], r["high"]) == pytest.approx((11 - t2 / math.sqrt(3), 11 + t2 / math.sqrt(3)), rel=1e-4)
+    assert r["excludes_zero"]
+    # every variant by default (study order, the baseline left out); another x; the val split
+    rows = gain_curve(_sweep_results(), x="band_input_px")
+    assert [(r["variant"], r["point"]) for r in rows] == [("summed", 32), ("summed", 64),
+                                                          ("progressive+crop", 32), ("progressive+crop", 64)]
+    assert rows[0]["mean"] == 0 and rows[2]["x"] == pytest.approx(0.65)
+    val = gain_curve(_sweep_results(), variants=["progressive+crop"], split="val")
+    assert val[0]["mean"] == pytest.approx(90 - 45) and val[1]["mean"] == pytest.approx(90 - 55)
+    assert "| point |" in gain_curve(_sweep_results(), markdown=True)
+    with pytest.raises(ValueError, match="sweep"):
+        gain_curve({"kind": "ablation", "runs": []})
+
+
+def test_gain_plot_draws_each_gain_and_interval_where_the_rows_say():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fgnb.plots import gain_plot
+    from fgnb.results import gain_curve
+
+    rows = gain_curve(_sweep_results())
+    ax = gain_plot(rows)
+    bars = ax.containers
+    assert [c.get_label() for c in bars] == ["summed", "progressive+crop"]
+    for c, v in zip(bars, ["summed", "progressive+crop"]):
+        mine = [r for r in rows if r["variant"] == v]
+        line, _, (vbars,) = c.lines
+        xs, ys = line.get_data()
+        assert list(ys) == pytest.approx([r["mean"] for r in mine])
+        assert list(xs) == pytest.approx([r["x"] for r in mine], abs=0.02 * (5.2 - 2.6))  # dodged sideways only
+        segs = vbars.get_segments()
+        assert [(s[0][1], s[1][1]) for s in segs] == pytest.approx([(r["low"], r["high"]) for r in mine])
+    # the zero line: across the axes (x in axes fraction), at y = 0
+    assert any(list(ln.get_xdata()) == [0, 1] and list(ln.get_ydata()) == [0, 0] for ln in ax.get_lines())
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
