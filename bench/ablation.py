@@ -271,14 +271,15 @@ def add_run_arguments(p: argparse.ArgumentParser, out: str, runs_dir: str, varia
     p.add_argument("--progress", action="store_true", help="show training progress bars")
 
 
-def results_header(kind: str, base, started: str, **fields) -> dict:
+def results_header(kind: str, base, started: str, out=None, **fields) -> dict:
     """What every results file of a study records before its runs: command, commit, machine,
-    base, and the study's own ``fields``."""
+    base, and the study's own ``fields``. ``out``, the results file itself, does not make the
+    checkout count as dirty (a resumed study rewrites its committed file)."""
     return {
         "kind": kind,
         "schema": 2,
         "command": command_line(),
-        **git_commit(),
+        **git_commit(ignore=[out] if out else ()),
         "machine": machine_info(),
         "started": started,
         "base_config": {k: v for k, v in base.to_dict().items() if k not in ("out", "resume")},
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
     base = base_config(args)
     started, t0 = utc_now(), time.perf_counter()
     previous = previous_runs(args.out)
-    results = results_header("ablation", base, started)
+    results = results_header("ablation", base, started, out=args.out)
     # Seed-major (a partial result covers every variant with the same seeds), longest first
     # within a seed, so parallel processes finish a seed together.
     plan = [(v, s) for s in args.seeds for v in sorted(args.variants, key=lambda v: -COST.get(v, 1.0))]

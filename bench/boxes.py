@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")}})
         print(f"[{utc_now()}] {path}: {time.perf_counter() - ts:.0f} s", flush=True)
     results = {
-        "kind": "boxes", "schema": 1, "command": command_line(), **git_commit(), "machine": machine_info(),
+        "kind": "boxes", "schema": 1, "command": command_line(), **git_commit(ignore=[args.out]), "machine": machine_info(),
         "started": started, "finished": utc_now(), "wall_time_s": round(time.perf_counter() - t0, 1),
         "options": {o: {**BASE, **v} for o, v in options.items()}, "models": models,
         "readers": [str(r) for r in _paths(args.readers)], "splits": args.splits, "rows": rows,

@@ -14,14 +14,16 @@ if str(REPO) not in sys.path:  # run as `python bench/x.py` from a checkout
     sys.path.insert(0, str(REPO))
 
 
-def git_commit() -> dict:
-    """HEAD commit and whether the working tree differs from it."""
+def git_commit(ignore=()) -> dict:
+    """HEAD commit and whether the working tree differs from it; ``ignore``: paths left out of
+    that check (a results file that a resumed run rewrites is its output, not a change of code)."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
         except Exception:
             return ""
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                                                *(f":(exclude){os.path.relpath(os.path.abspath(p), REPO)}" for p in ignore)))}
 
 
 def cpu_name() -> str:

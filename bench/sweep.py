@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     points = sorted(set(args.points) | {k[0] for k in kept})
     variants = [v for v in ablation.VARIANTS if v in args.variants or any(k[1] == v for k in kept)]
     seeds = sorted(set(args.seeds) | {k[2] for k in kept})
-    results = ablation.results_header("sweep", base, started, axis="img_size", fixed=FIXED, points=[])
+    results = ablation.results_header("sweep", base, started, out=args.out, axis="img_size", fixed=FIXED, points=[])
     results.update(variants={v: ablation.VARIANTS[v] for v in variants}, seeds=seeds)
     old_points = {}
     if kept:  # the points this call does not plan keep their measurement

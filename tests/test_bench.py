@@ -129,3 +129,21 @@ def test_published_file_is_cited():
     assert pub["kind"] == "published"
     for row in pub["rows"]:
         assert row["cited"] is True and row["source"]
+
+
+def test_a_results_file_rewritten_by_a_resumed_study_does_not_make_the_checkout_dirty(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import common
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    run("init", "-q")
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    assert common.git_commit()["dirty"] is False
+    (tmp_path / "results.json").write_text('{"runs": []}')
+    assert common.git_commit()["dirty"] is True
+    assert common.git_commit(ignore=[tmp_path / "results.json"])["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert common.git_commit(ignore=[tmp_path / "results.json"])["dirty"] is True
