@@ -24,7 +24,7 @@ inference modes ``last``/``mean``/``crop``; ``iou50`` and ``part_hit`` of the at
 box, and ``box_area``, its mean share of the image: a box as large as the image hits the
 part trivially). Means and sample standard deviations over seeds, in percent by default.
 
-``boxes_table(results, split='val', markdown=False)``: the box screening of
+``boxes_table(results, split=None, markdown=False)``: the box screening of
 ``bench/boxes.py``, one row per box option: what a reader trained on true-head crops makes
 of the option's crop (``reader_top1``), the share of the crop's headroom it keeps
 (``headroom``: (option - whole view) / (true head box - whole view)), its paired difference
@@ -137,15 +137,18 @@ def ablation_table(results: dict, metrics: Sequence[str] = ABLATION_METRICS, mar
 BOX_CUES = ("cue_beak", "cue_eye", "cue_crest", "cue_all")
 
 
-def boxes_table(results: dict, split: str = "val", markdown: bool = False, digits: int = 1):
+def boxes_table(results: dict, split: str | None = None, markdown: bool = False, digits: int = 1):
     """The box screening of ``bench/boxes.py`` (see the module docstring): one row per option in
     the file's order, ``{'option', 'settings', 'n_models', 'reader_top1', 'headroom', 'vs_literal',
     'vs_literal_low', 'vs_literal_high', 'part_iou', 'cue_beak', 'cue_eye', 'cue_crest', 'cue_all',
     'box_area'}``; shares in percent, ``vs_literal`` in points (95 % t interval over models),
-    ``part_iou`` as a fraction. ``settings``: the crop options that differ from the literal rule."""
+    ``part_iou`` as a fraction. ``settings``: the crop options that differ from the literal rule.
+    ``split``: ``'val'`` or ``'test'``; None: ``'val'`` if the file has it, else the split it has."""
     if results.get("kind") != "boxes":
         raise ValueError("boxes_table needs the results of bench/boxes.py (kind 'boxes')")
     summary = results.get("summary", {})
+    if split is None:
+        split = "val" if "val" in summary else next(iter(summary), "val")
     if split not in summary:
         raise ValueError(f"no {split!r} rows in these results; splits: {sorted(summary)}")
     options = results.get("options", {})

@@ -107,5 +107,8 @@ def test_boxes_table_reads_the_screening_summary():
     assert "+15.0 [+12.5, +17.5]" in lines[3] and "| 98 | 30 |" in lines[3]
     with pytest.raises(ValueError, match="no 'test' rows"):
         boxes_table(res, split="test")
+    # a file of the test split alone (read once, after the choice): its rows by default
+    test_only = {**res, "summary": {"test": summary[:1]}}
+    assert [r["option"] for r in boxes_table(test_only)] == ["literal"] == [r["option"] for r in boxes_table(test_only, "test")]
     with pytest.raises(ValueError, match="kind 'boxes'"):
         boxes_table({"kind": "ablation"})
