@@ -15,7 +15,7 @@ installed fgnb (a wheel, Colab) the copies packaged in ``fgnb/recorded/``;
 
 ``load_results(path)`` returns the JSON as a dict and checks its ``kind`` (``'ablation'``
 from ``bench/ablation.py``, ``'sweep'`` from ``bench/sweep.py``, ``'speed'`` from
-``bench/speed.py``, ``'published'`` for ``bench/published.json``).
+``bench/speed.py``, ``'boxes'`` from ``bench/boxes.py``, ``'published'`` for ``bench/published.json``).
 
 ``gain_curve(results)``: a sweep's paired gain over ``last`` at every point, with its t
 interval, against the eye ring's size at the input (``fgnb.plots.gain_plot`` draws it).
@@ -26,6 +26,13 @@ in the study's order, ``{'variant', 'n_seeds', '<metric>': 'mean ± std', '<metr
 inference modes ``last``/``mean``/``crop``; ``iou50`` and ``part_hit`` of the attention
 box, and ``box_area``, its mean share of the image: a box as large as the image hits the
 part trivially). Means and sample standard deviations over seeds, in percent by default.
+
+``boxes_table(results, split=None, markdown=False)``: the box screening of
+``bench/boxes.py``, one row per box option: what a reader trained on true-head crops makes
+of the option's crop (``reader_top1``), the share of the crop's headroom it keeps
+(``headroom``: (option - whole view) / (true head box - whole view)), its paired difference
+against the literal rule, where the box is (``part_iou``, the cue coverage ``cue_*``) and its
+``box_area`` (chapter 6).
 
 ``speed_table(results, markdown=False)``: one row per measured item, ``{'section',
 'item', 'ratio', 'ideal', 'ratio/ideal', 'value', 'unit'}``: training step cost and peak
@@ -40,8 +47,8 @@ import os
 import pathlib
 from typing import Any, Sequence
 
-__all__ = ["find_results", "load_results", "ablation_table", "speed_table", "ABLATION_METRICS", "to_markdown",
-           "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve"]
+__all__ = ["find_results", "load_results", "ablation_table", "boxes_table", "speed_table", "ABLATION_METRICS",
+           "to_markdown", "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 
@@ -49,7 +56,7 @@ ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", 
 _T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
          10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314, 16: 2.1199, 17: 2.1098,
          18: 2.1009, 19: 2.0930, 20: 2.0860, 25: 2.0595, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}
-KINDS = ("ablation", "speed", "published", "gpu_check", "sweep", "boxes")
+KINDS = ("ablation", "speed", "boxes", "published", "gpu_check", "sweep")
 
 
 def _recorded_bases() -> list[pathlib.Path]:
@@ -73,7 +80,7 @@ def find_results(name: str | None = None) -> pathlib.Path:
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a results JSON written by ``bench/ablation.py`` or ``bench/speed.py``."""
+    """Load a results JSON written by ``bench/ablation.py``, ``bench/speed.py`` or ``bench/boxes.py``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"results file not found: {path} (run bench/ablation.py or bench/speed.py)")
@@ -127,6 +134,54 @@ def ablation_table(results: dict, metrics: Sequence[str] = ABLATION_METRICS, mar
     if markdown:
         return to_markdown(rows, ["variant", "n_seeds", *metrics])
     return rows
+
+
+#: the cue-coverage columns of bench/boxes.py (the synthetic set's three cues)
+BOX_CUES = ("cue_beak", "cue_eye", "cue_crest", "cue_all")
+
+
+def boxes_table(results: dict, split: str | None = None, markdown: bool = False, digits: int = 1):
+    """The box screening of ``bench/boxes.py`` (see the module docstring): one row per option in
+    the file's order, ``{'option', 'settings', 'n_models', 'reader_top1', 'headroom', 'vs_literal',
+    'vs_literal_low', 'vs_literal_high', 'part_iou', 'cue_beak', 'cue_eye', 'cue_crest', 'cue_all',
+    'box_area'}``; shares in percent, ``vs_literal`` in points (95 % t interval over models),
+    ``part_iou`` as a fraction. ``settings``: the crop options that differ from the literal rule.
+    ``split``: ``'val'`` or ``'test'``; None: ``'val'`` if the file has it, else the split it has."""
+    if results.get("kind") != "boxes":
+        raise ValueError("boxes_table needs the results of bench/boxes.py (kind 'boxes')")
+    summary = results.get("summary", {})
+    if split is None:
+        split = "val" if "val" in summary else next(iter(summary), "val")
+    if split not in summary:
+        raise ValueError(f"no {split!r} rows in these results; splits: {sorted(summary)}")
+    options = results.get("options", {})
+    literal = options.get("literal", {})
+
+    def pct(v):
+        return None if v is None else 100.0 * v
+
+    rows = []
+    for r in summary[split]:
+        opts = options.get(r["option"], {})
+        changed = [f"{k}={v}" for k, v in opts.items() if literal.get(k) != v]
+        rows.append({"option": r["option"], "settings": ", ".join(changed) or "(the literal rule)",
+                     "n_models": r["n_models"], "reader_top1": pct(r.get("reader_top1")),
+                     "headroom": pct(r.get("headroom")), "vs_literal": r.get("vs_literal"),
+                     "vs_literal_low": r.get("vs_literal_low"), "vs_literal_high": r.get("vs_literal_high"),
+                     "part_iou": r.get("part_iou"), **{c: pct(r.get(c)) for c in BOX_CUES},
+                     "box_area": pct(r.get("box_area"))})
+    if not markdown:
+        return rows
+    shown = []
+    for r in rows:
+        vs = "" if r["option"] == "literal" or r["vs_literal"] is None else \
+            f"{r['vs_literal']:+.{digits}f} [{r['vs_literal_low']:+.{digits}f}, {r['vs_literal_high']:+.{digits}f}]"
+        shown.append({"option": r["option"], "reader top-1 (%)": _fmt(r["reader_top1"], digits),
+                      "headroom kept (%)": _fmt(r["headroom"], 0), "vs literal (points, 95 %)": vs,
+                      "part IoU": _fmt(r["part_iou"], 2),
+                      **{f"{c[4:]} (%)" if c != "cue_all" else "all three (%)": _fmt(r[c], 0) for c in BOX_CUES},
+                      "box area (%)": _fmt(r["box_area"], 0)})
+    return to_markdown(shown)
 
 
 def speed_table(results: dict, markdown: bool = False, digits: int = 2):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from fgnb.results import _T975, paired_differences, seeds_needed, t_quantile
+from fgnb.results import _T975, boxes_table, paired_differences, seeds_needed, t_quantile
 
 
 def fake(rows):
@@ -83,3 +83,32 @@ def test_forest_plot_draws_each_interval_where_the_rows_say():
         (round(r["low"], 6), round(r["high"], 6)) for r in rows)
     labels = {t.get_text(): t.get_position()[1] for t in ax.get_yticklabels()}
     assert labels["up"] > labels["down"]  # rows top to bottom in the results' order
+
+
+def test_boxes_table_reads_the_screening_summary():
+    """bench/boxes.py's summary as rows: shares in percent, the options' changed settings, the
+    markdown cells; the literal row has no difference against itself; wrong kind or split fail."""
+    base = dict(min_crop=0, crop_margin=0.0, crop_boxes="attention")
+    summary = [dict(option="literal", n_models=2, reader_top1=0.30, headroom=-0.02, vs_literal=0.0, vs_literal_low=0.0,
+                    vs_literal_high=0.0, part_iou=0.2, cue_beak=0.2, cue_eye=0.8, cue_crest=0.4, cue_all=0.1, box_area=0.06),
+               dict(option="min16+margin0.5", n_models=2, reader_top1=0.45, headroom=0.46, vs_literal=15.0,
+                    vs_literal_low=12.5, vs_literal_high=17.5, part_iou=0.34, cue_beak=0.99, cue_eye=1.0, cue_crest=0.99,
+                    cue_all=0.98, box_area=0.3)]
+    res = {"kind": "boxes", "summary": {"val": summary},
+           "options": {"literal": base, "min16+margin0.5": {**base, "min_crop": 16, "crop_margin": 0.5}}}
+    lit, chosen = boxes_table(res)
+    assert lit["settings"] == "(the literal rule)" and chosen["settings"] == "min_crop=16, crop_margin=0.5"
+    assert chosen["reader_top1"] == pytest.approx(45.0) and chosen["headroom"] == pytest.approx(46.0)
+    assert chosen["cue_all"] == pytest.approx(98.0) and chosen["box_area"] == pytest.approx(30.0)
+    assert chosen["vs_literal"] == 15.0 and chosen["part_iou"] == 0.34  # points and a fraction stay as they are
+    lines = boxes_table(res, markdown=True).splitlines()
+    assert len(lines) == 4 and "all three (%)" in lines[0]
+    assert lines[2].split("|")[1:5] == [" literal ", " 30.0 ", " -2 ", "  "]
+    assert "+15.0 [+12.5, +17.5]" in lines[3] and "| 98 | 30 |" in lines[3]
+    with pytest.raises(ValueError, match="no 'test' rows"):
+        boxes_table(res, split="test")
+    # a file of the test split alone (read once, after the choice): its rows by default
+    test_only = {**res, "summary": {"test": summary[:1]}}
+    assert [r["option"] for r in boxes_table(test_only)] == ["literal"] == [r["option"] for r in boxes_table(test_only, "test")]
+    with pytest.raises(ValueError, match="kind 'boxes'"):
+        boxes_table({"kind": "ablation"})
