@@ -75,6 +75,10 @@ VARIANTS = {
                                              select_by="crop"),
     "progressive+crop:oracle+select_crop": dict(strategy="progressive", crop=True, crop_boxes="oracle",
                                                 select_by="crop"),
+    # Does the crop branch need the global model to localise first? The chosen box with the crops
+    # switched on after one epoch of global training (issue 16, item 4).
+    "progressive+crop:min16+margin0.5+warmup": dict(strategy="progressive", crop=True, min_crop=16, crop_margin=0.5,
+                                                    select_by="crop", crop_warmup_epochs=1),
     "progressive:deep_first": dict(strategy="progressive", order="deep_first"),
     "progressive:one_point": dict(strategy="progressive", reforward=False),
     "progressive:R2": dict(strategy="progressive", targets=2),
