@@ -439,7 +439,8 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
     # Running sums: hits of each head, of 'mean', 'crop', 'crop_only'; IoU>=0.5 hits and boxes;
     # part hits and parts; part IoU; box area share; images.
     sums = torch.zeros(R + 10, dtype=torch.float64)
-    names = _part_names(loader.dataset)
+    # (any iterable of batches is a loader here, e.g. [batch]: part names only from a data set that has them)
+    names = _part_names(getattr(loader, "dataset", None))
     cue_sums = torch.zeros(2 * len(names) + 2, dtype=torch.float64)  # hits, shown per part; all-in, images
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         if skipped is not None:
@@ -463,7 +464,7 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
         row += [((box_iou(boxes, gt) >= 0.5) & has_box).sum(), has_box.sum(), (inside & has_part).sum(),
                 has_part.sum(), part_iou.sum(), area.sum(), torch.tensor(len(y))]
         sums += torch.stack([v.double().cpu() for v in row])
-        if names:
+        if names and "part_points" in batch:
             cue_sums += _cue_counts(boxes, batch["part_points"].to(device).float())
     c = dist.all_reduce_sum(sums).tolist()
     n = max(c[R + 9], 1.0)

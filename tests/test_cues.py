@@ -151,3 +151,15 @@ def test_evaluate_reports_cue_coverage(tmp_path, data_cache):
     assert whole["cue_all"] == 1.0
     rnd = train(cfg(tmp_path, "random", crop=True, crop_boxes="random", min_crop=4))["test"]
     assert rnd["cue_all"] < 1.0
+
+
+def test_evaluate_takes_a_plain_list_of_batches(tmp_path, data_cache):
+    # chapter 5 checks evaluate against a hand computation on [batch]: no data set to ask for part names
+    from fgnb.train import build_data, build_model, evaluate, normalisation
+    c = cfg(tmp_path, crop=True)
+    mean, std = normalisation(c.model)
+    ds = build_data(c, mean, std)["test"]
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    res = evaluate(build_model(c, 3), [batch], c)
+    assert res["n"] == 4 and "cue_all" not in res
