@@ -277,12 +277,15 @@ def test_cub_items_and_collate(syn):
     assert ds.num_classes == 3 and len(ds.classes) == 3 and len(ds) == 30
     assert ds.boxes.shape == (30, 4) and ds.part_boxes.shape == (30, 4)
     it = ds[0]
-    assert set(it) == {"image", "label", "box", "part_box", "index", "skipped", "source"}
+    # the synthetic set has CUB's part locations: the cue points come with every item
+    assert set(it) == {"image", "label", "box", "part_box", "part_points", "index", "skipped", "source"}
+    assert it["part_points"].shape == (3, 2) and ds.part_names == ["beak", "eye", "crest"]
     assert it["image"].dtype == torch.float32 and it["image"].shape == (3, 32, 32)
     assert it["label"].dtype == torch.int64 and it["index"] == 0
     assert not torch.isnan(it["box"]).any() and not torch.isnan(it["part_box"]).any()
     batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
     assert batch["image"].shape == (4, 3, 32, 32) and batch["source"].shape == (4, 3, 64, 64)
+    assert batch["part_points"].shape == (4, 3, 2)
     assert batch["label"].tolist() == [s[1] for s in ds.samples[:4]]
     assert min(l for _, l in ds.samples) == 0                      # 0-based labels
     # the part box (input pixels) lies inside the object box
