@@ -483,17 +483,22 @@ _CUB_LAYOUT = ("expected CUB-200-2011 layout: ROOT/images/NNN.Class_Name/*.jpg, 
                "optional ROOT/bounding_boxes.txt and ROOT/part_boxes.txt (id x y w h)")
 
 
-def _read_table(path: pathlib.Path) -> dict[int, list[str]]:
-    out = {}
+def _fields(path: pathlib.Path):
+    """(line number, whitespace-split fields, line) of every non-blank line of a CUB text file."""
     with open(path) as f:
         for ln, line in enumerate(f, 1):
             parts = line.split()
-            if not parts:
-                continue
-            try:
-                out[int(parts[0])] = parts[1:]
-            except ValueError:
-                raise ValueError(f"{path}:{ln}: cannot parse {line.strip()!r}") from None
+            if parts:
+                yield ln, parts, line
+
+
+def _read_table(path: pathlib.Path) -> dict[int, list[str]]:
+    out = {}
+    for ln, parts, line in _fields(path):
+        try:
+            out[int(parts[0])] = parts[1:]
+        except ValueError:
+            raise ValueError(f"{path}:{ln}: cannot parse {line.strip()!r}") from None
     return out
 
 
@@ -508,19 +513,15 @@ def _read_part_locs(root: pathlib.Path, ids: list[int]):
     col = {k: j for j, k in enumerate(order)}
     row = {img: r for r, img in enumerate(ids)}
     pts = np.full((len(ids), len(order), 2), np.nan)
-    with open(locs_f) as f:
-        for ln, line in enumerate(f, 1):
-            v = line.split()
-            if not v:
-                continue
-            try:
-                img, part, x, y, vis = int(v[0]), int(v[1]), float(v[2]), float(v[3]), int(float(v[4]))
-            except (ValueError, IndexError):
-                raise ValueError(f"{locs_f}:{ln}: expected 'image_id part_id x y visible', got {line.strip()!r}") from None
-            if part not in col:
-                raise ValueError(f"{locs_f}:{ln}: part id {part} is not in {names_f} (ids {order})")
-            if img in row and vis:
-                pts[row[img], col[part]] = (x, y)
+    for ln, v, line in _fields(locs_f):
+        try:
+            img, part, x, y, vis = int(v[0]), int(v[1]), float(v[2]), float(v[3]), int(float(v[4]))
+        except (ValueError, IndexError):
+            raise ValueError(f"{locs_f}:{ln}: expected 'image_id part_id x y visible', got {line.strip()!r}") from None
+        if part not in col:
+            raise ValueError(f"{locs_f}:{ln}: part id {part} is not in {names_f} (ids {order})")
+        if img in row and vis:
+            pts[row[img], col[part]] = (x, y)
     return [names[k] for k in order], pts
 
 

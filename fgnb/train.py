@@ -502,11 +502,17 @@ def _cue_counts(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return torch.cat([inside.sum(0), shown.sum(0), all_in.sum()[None], has_any.sum()[None]]).double().cpu()
 
 
+def _holding(dataset, attr: str):
+    """The fgnb data set with ``attr`` that ``dataset`` is or wraps (Subset, SeededItems, ...), else
+    the innermost one."""
+    while not hasattr(dataset, attr) and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset
+
+
 def _part_names(dataset) -> list[str]:
     """``part_names`` of an fgnb data set, or of the one a wrapper (Subset, ...) holds; [] if none."""
-    while not hasattr(dataset, "part_names") and hasattr(dataset, "dataset"):
-        dataset = dataset.dataset
-    return list(getattr(dataset, "part_names", None) or [])
+    return list(getattr(_holding(dataset, "part_names"), "part_names", None) or [])
 
 
 def passed_over(batch: dict, dataset) -> list[str]:
@@ -515,8 +521,7 @@ def passed_over(batch: dict, dataset) -> list[str]:
     Read from the batch itself, so skips made in DataLoader worker processes are seen too.
     ``dataset``: the fgnb data set or a wrapper of it (``Subset``, :class:`SeededItems`).
     """
-    while not hasattr(dataset, "passed_over") and hasattr(dataset, "dataset"):
-        dataset = dataset.dataset
+    dataset = _holding(dataset, "passed_over")
     if "skipped" not in batch or not hasattr(dataset, "passed_over"):
         return []
     return [p for i, k in zip(batch["index"].tolist(), batch["skipped"].tolist()) if k
