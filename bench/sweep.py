@@ -13,7 +13,9 @@ detail gets at the input change. Everything else is the ablation's CPU base (dat
 ``split_seed``, schedule, the pre-trained hybrid, whose 8 x 8 position embedding timm
 resamples to the point's token grid). At each point the variants ``last``, ``last:3steps``
 (the equal-budget control), ``summed``, ``progressive``, ``progressive+crop`` (joint update,
-crop from the source), each with every seed, as pairs.
+crop from the source, the text's literal box) and ``progressive+crop:min16+margin0.5`` (the box
+chosen on validation in chapter 8, its minimum side scaled with the point, :data:`SCALED`),
+each with every seed, as pairs.
 
 Per point the results record the eye ring's size at the input, measured over the validation
 images: its outer diameter (``fgnb.synthetic.eye_ring_diameter``, exact from each image's
@@ -44,9 +46,22 @@ from common import utc_now  # noqa: E402
 #: input sizes (px), all multiples of the hybrid's 8 px token (stem stride 4 x patch 2)
 POINTS = [32, 48, 64, 96]
 #: the variants at every point (ablation.VARIANTS names)
-SWEEP_VARIANTS = ["last", "last:3steps", "summed", "progressive", "progressive+crop"]
+SWEEP_VARIANTS = ["last", "last:3steps", "summed", "progressive", "progressive+crop",
+                  "progressive+crop:min16+margin0.5"]
 #: fixed at every point: the crops' source view (the 256 px originals' resolution)
 FIXED = dict(source_size=256)
+#: options given in input pixels at the ablation's 64 px, scaled with the point so that they keep
+#: their share of the view (``min_crop=16``, a quarter of the side, is 8 px at 32 and 24 at 96)
+SCALED = ("min_crop",)
+
+
+def point_options(variant: str, point: int) -> dict:
+    """The variant's options at an input size of ``point`` px (:data:`SCALED` ones in proportion)."""
+    opts = dict(ablation.VARIANTS[variant])
+    for k in SCALED:
+        if opts.get(k):
+            opts[k] = max(1, round(opts[k] * point / 64))
+    return {**opts, "img_size": point}
 
 
 def point_folder(runs_dir, point: int, variant: str, seed: int) -> pathlib.Path:
@@ -128,7 +143,7 @@ def main(argv=None) -> int:
     cfgs = {}
     for pt, v, s in plan:
         out = point_folder(args.runs_dir, pt, v, s)
-        cfgs[(pt, v, s)] = base.replace(**ablation.VARIANTS[v], img_size=pt, seed=s, out=str(out)).to_dict()
+        cfgs[(pt, v, s)] = base.replace(**point_options(v, pt), seed=s, out=str(out)).to_dict()
     kept = [k for k in previous if k not in cfgs]
     points = sorted(set(args.points) | {k[0] for k in kept})
     variants = [v for v in ablation.VARIANTS if v in args.variants or any(k[1] == v for k in kept)]

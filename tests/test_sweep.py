@@ -258,3 +258,17 @@ def test_gain_plot_draws_each_gain_and_interval_where_the_rows_say():
     import matplotlib.pyplot as plt
 
     plt.close(ax.figure)
+
+
+def test_point_options_keep_the_boxs_minimum_share_of_the_view(sweep):
+    sweep_mod, ablation = sweep
+    v = "progressive+crop:min16+margin0.5"
+    assert ablation.VARIANTS[v]["min_crop"] == 16  # given at the ablation's 64 px
+    for pt, expect in [(32, 8), (48, 12), (64, 16), (96, 24)]:
+        opts = sweep_mod.point_options(v, pt)
+        assert opts["min_crop"] == expect and opts["img_size"] == pt
+        assert {k: x for k, x in opts.items() if k not in ("min_crop", "img_size")} == \
+            {k: x for k, x in ablation.VARIANTS[v].items() if k != "min_crop"}
+    # a variant without a minimum gets none at any point, and VARIANTS itself is untouched
+    assert "min_crop" not in sweep_mod.point_options("progressive+crop", 96)
+    assert ablation.VARIANTS[v]["min_crop"] == 16
