@@ -280,14 +280,15 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
 
 def gain_curve(results: dict, variants: Sequence[str] | None = None, baseline: str = "last",
                metric: str = "top1_last", split: str = "test", x: str = "diameter_input_px", percent: bool = True,
-               confidence: float = 0.95, markdown: bool = False):
+               confidence: float = 0.95, markdown: bool = False, baseline_metric: str | None = None):
     """A sweep's gain curve (``bench/sweep.py``): at every point, each variant's paired difference
     to ``baseline`` and its t interval (:func:`paired_differences` on the point's runs).
 
     ``x``: the eye-ring measure of the point that the curve is drawn against (``diameter_input_px``,
     ``band_input_px`` or ``diameter_source_px``, median and quartiles over the validation
     images). A point without ``baseline`` runs is left out, so is a variant without a run paired
-    with one. Rows: {point, variant, x, x_q1, x_q3, n, mean, sd, half_width, low, high,
+    with one. ``baseline_metric`` (default ``metric``): the baseline's own metric, e.g. the crop
+    variants' ``top1_crop`` inference mode against ``last``'s ``top1_last``. Rows: {point, variant, x, x_q1, x_q3, n, mean, sd, half_width, low, high,
     excludes_zero, seeds}, by variant (the study's order), then point.
     """
     if results.get("kind") != "sweep":
@@ -297,11 +298,13 @@ def gain_curve(results: dict, variants: Sequence[str] | None = None, baseline: s
     rows = []
     for info in results.get("points", []):
         runs = [r for r in results.get("runs", []) if r["point"] == info["point"]]
-        if not any(r["variant"] == baseline and _metric_of(r, metric, split) is not None for r in runs):
+        if not any(r["variant"] == baseline and _metric_of(r, baseline_metric or metric, split) is not None
+                   for r in runs):
             continue
         point = {"kind": "ablation", "runs": runs, "variants": list(results.get("variants") or {})}
         ring = (info.get("eye_ring") or {}).get(x) or {}  # none: not a synthetic set
-        for d in paired_differences(point, baseline, metric, split, percent, confidence):
+        for d in paired_differences(point, baseline, metric, split, percent, confidence,
+                                    baseline_metric=baseline_metric):
             if d["variant"] in wanted and d["n"] > 0:
                 rows.append({"point": info["point"], "variant": d["variant"], "x": ring.get("median"),
                              "x_q1": ring.get("q1"), "x_q3": ring.get("q3"), **{k: v for k, v in d.items() if k != "variant"}})

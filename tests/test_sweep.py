@@ -234,6 +234,18 @@ def test_gain_curve_by_hand():
         gain_curve({"kind": "ablation", "runs": []})
 
 
+def test_gain_curve_pairs_a_crop_mode_against_the_baselines_last_head():
+    from fgnb.results import gain_curve
+
+    res = _sweep_results()
+    for r in res["runs"]:  # the crop mode of every run: 3 points above its deepest head
+        r["test"]["top1_crop"] = r["test"]["top1_last"] + 0.03
+    rows = gain_curve(res, variants=["progressive+crop"], metric="top1_crop", baseline_metric="top1_last")
+    assert [r["mean"] for r in rows] == pytest.approx([5 + 3, 11 + 3])  # crop mode - last's deepest head
+    same = gain_curve(res, variants=["progressive+crop"], metric="top1_crop")  # both in the crop mode
+    assert [r["mean"] for r in same] == pytest.approx([5, 11])
+
+
 def test_gain_plot_draws_each_gain_and_interval_where_the_rows_say():
     import matplotlib
 
