@@ -39,11 +39,24 @@ SYNTHETIC_ARCHS = (SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH)
 def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]:
     """Options whose ``wanted`` value differs from the ``saved`` one: {name: (saved, wanted)}.
 
-    An option missing from ``saved`` (written before the option existed) had its default.
+    An option missing from ``saved`` (written before the option existed) had its default. An
+    option whose None stands for a value derived from ``img_size`` (:data:`DERIVED`) is compared
+    by that value: ``source_size`` None and 256 at a 64 px input are the same run.
     """
     defaults = {f.name: _default(f) for f in fields(TrainConfig)}
-    old = {k: saved.get(k, defaults.get(k)) for k in wanted}
-    return {k: (old[k], v) for k, v in wanted.items() if k not in ignore and old[k] != v}
+    old = {k: saved.get(k, defaults.get(k)) for k in {*wanted, "img_size"}}
+    new = dict(wanted)
+    for d in (old, new):
+        for k, rule in DERIVED.items():
+            if k in d and d[k] is None and d.get("img_size") is not None:
+                d[k] = rule(d["img_size"])
+    return {k: (saved.get(k, defaults.get(k)), v) for k, v in wanted.items()
+            if k not in ignore and old[k] != new[k]}
+
+
+#: Options whose None means a value derived from the input side (fgnb.train.source_size,
+#: fgnb.data.PairedTransform): the source view is 4 x the input, the eval resize 8/7 of it.
+DERIVED = {"source_size": lambda n: 4 * n, "resize_size": lambda n: int(round(n * 8 / 7))}
 
 
 def _default(f: dataclasses.Field):

@@ -151,3 +151,21 @@ def test_what_only_the_run_can_check_is_named(tmp_path):
     assert not (tmp_path / "run" / "last.pt").exists()
     with pytest.raises(ValueError, match=r"targets=13: a ViT with 12 blocks"):
         build_model(TrainConfig(**{**BASE, "depth": None, "targets": 13}), 3)
+
+
+def test_option_differences_resolve_the_sizes_derived_from_the_input():
+    """A run saved with ``source_size: null`` at 64 px is the run asked for with 256 (the
+    default's value), not at 96 px; an option missing from the saved file counts as its default."""
+    from fgnb.config import TrainConfig, option_differences
+
+    saved = {"img_size": 64, "source_size": None, "resize_size": None, "lr": 1e-3}
+    same = {"img_size": 64, "source_size": 256, "resize_size": 73, "lr": 1e-3}
+    assert option_differences(saved, same) == {}
+    assert option_differences(same, {**saved}) == {}
+    assert option_differences(saved, {**same, "img_size": 96, "source_size": 256}) == {"img_size": (64, 96)}
+    assert option_differences(saved, {**same, "source_size": 128}) == {"source_size": (None, 128)}
+    assert option_differences(saved, {**same, "resize_size": 80}) == {"resize_size": (None, 80)}
+    # the saved value is reported as saved; a missing option is its default
+    assert option_differences({"img_size": 64}, {"img_size": 64, "crop_weight": TrainConfig().crop_weight}) == {}
+    assert option_differences({"img_size": 64}, {"img_size": 64, "crop_weight": 1.0}) == \
+        {"crop_weight": (TrainConfig().crop_weight, 1.0)}
