@@ -9,7 +9,9 @@ width 96, depth 6, 8 x 8 tokens at 64 px) trained with the plain last-layer loss
 species 11-30 of :mod:`fgnb.synthetic`. The default set holds species 1-10, so no
 class and no image the chapters evaluate on was seen in pre-training. A second recipe
 pre-trains a plain ViT with the text's linear patch projection (``vit_tiny_patch16_224``,
-4 x 4 pixel patches, width 96, depth 6) on the same species. ``weights='fgnb:synthetic'``
+4 x 4 pixel patches, width 96, depth 6) on the same species; trained on the whole view alone
+it stayed at chance, so every batch also shows it the true head box cut from the source
+(the joint crop loss; its recipe's header has the runs). ``weights='fgnb:synthetic'``
 picks the file of the model's architecture (:func:`synthetic_weights`).
 
 :func:`export_backbone` writes any trained :class:`~fgnb.model.FGViT`'s backbone as a
