@@ -27,8 +27,10 @@ absolute times are kept as context):
 5. ``epoch``: one epoch of the book's CPU set-up through ``fgnb.train.train``: the share of
    the epoch spent waiting for data, and the validation pass against the epoch.
 
-The model is the one the book trains on the CPU (``fgnb.config.SYNTHETIC_ARCH``, timm's
-hybrid ViT) unless ``--model`` and its options say otherwise.
+The model is the one the ablation trains (``bench/ablation.py``'s CPU base: timm's hybrid ViT,
+``fgnb.config.SYNTHETIC_ARCH``), since what this file measures is what the ablation's seeds
+cost, unless ``--model`` and its options say otherwise (``--model vit_tiny_patch16_224
+--patch-size 4``: the plain ViT that the book's cpu-quick profile trains).
 """
 from __future__ import annotations
 
@@ -453,17 +455,20 @@ EPOCH_ITEMS = {"last": dict(strategy="last"), "progressive+crop": dict(strategy=
 def bench_epoch(a, device, rows, res):
     """Where a default training epoch goes: data loading and the validation pass.
 
-    Runs ``fgnb.train.train`` for one epoch of the book's CPU set-up (the cpu-quick profile on
+    Runs ``fgnb.train.train`` for one epoch of the ablation's CPU set-up (its base on
     the default synthetic set) per item and worker count, and reads the epoch's own
     ``data_time_s`` (time the loop waited for the next batch) and ``eval_time_s`` (the
     validation pass after the epoch) against its ``epoch_time_s`` (the training loop).
     """
     import tempfile
 
-    from fgnb.book import PROFILES
+    from ablation import cpu_base
     from fgnb.config import TrainConfig
     from fgnb.train import train
-    base = {**PROFILES["cpu-quick"], "epochs": 1, "device": str(device), "progress": False}
+    # the model timed by the other sections (--model ...); --tiny times the base's own model
+    arch = {} if a.tiny else dict(model=a.model, patch_size=a.patch_size, depth=a.depth,
+                                  embed_dim=a.embed_dim or None, num_heads=a.num_heads or None)
+    base = {**cpu_base(), **arch, "epochs": 1, "device": str(device), "progress": False}
     if a.tiny:
         base.update(synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=2, batch_size=4,
                     val_fraction=0.25)
@@ -505,7 +510,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/speed_cpu.json")
     p.add_argument("--device", default="auto", help="auto (cuda if present) or a torch device")
-    from fgnb.config import SYNTHETIC_ARCH as arch  # the model the book trains on the CPU
+    from fgnb.config import SYNTHETIC_ARCH as arch  # the model the ablation trains (chapter 8)
     p.add_argument("--model", default=arch["model"])
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=arch["patch_size"])

@@ -29,8 +29,8 @@ class ConfigError(ValueError):
 SYNTHETIC = "fgnb:synthetic"
 #: data sets that download=True can fetch
 DOWNLOADABLE = ("cub", "aircraft", "flowers", "pets")
-#: the architecture options of the shipped backbones: timm's hybrid (the CPU profile's, and the
-#: default) and a plain ViT with the text's linear patch projection
+#: the architecture options of the shipped backbones: timm's hybrid (the model of the ablation and
+#: the sweep) and a plain ViT with the text's linear patch projection (the CPU profile's, and the default)
 SYNTHETIC_ARCH = dict(model="vit_tiny_r_s16_p8_224", patch_size=2, depth=6, embed_dim=96, num_heads=3)
 SYNTHETIC_VIT_ARCH = dict(model="vit_tiny_patch16_224", patch_size=4, depth=6, embed_dim=96, num_heads=3)
 SYNTHETIC_ARCHS = (SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH)
@@ -54,8 +54,9 @@ def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]
             if k not in ignore and old[k] != new[k]}
 
 
-#: Options whose None means a value derived from the input side (fgnb.train.source_size,
-#: fgnb.data.PairedTransform): the source view is 4 x the input, the eval resize 8/7 of it.
+#: Options whose None means a value derived from the input side, the one rule that
+#: fgnb.train.source_size and fgnb.data.PairedTransform apply: the source view is 4 x the
+#: input, the eval resize 8/7 of it.
 DERIVED = {"source_size": lambda n: 4 * n, "resize_size": lambda n: int(round(n * 8 / 7))}
 
 
@@ -125,18 +126,19 @@ class TrainConfig:
     verify_data: bool = opt(False, "open every image once before training, so that a bad file stops the run at once "
                                    "(on_error=raise) or is left out (skip) instead of failing in a later epoch")
     # model
-    # The defaults are the CPU profile: timm's hybrid ViT (ResNet stem of stride 4, then 2 x 2
-    # patches: 8 x 8 tokens of 8 x 8 pixels at 64 px), small, pre-trained on other species.
-    model: str = opt(SYNTHETIC_ARCH["model"], "timm ViT name")
+    # The defaults are the CPU profile: the text's plain ViT (a linear projection of 4 x 4 pixel
+    # patches: 16 x 16 tokens at 64 px), small, pre-trained on other species. (SYNTHETIC_ARCH,
+    # timm's hybrid, is the model of chapter 8's ablation and chapter 9's sweep.)
+    model: str = opt(SYNTHETIC_VIT_ARCH["model"], "timm ViT name")
     img_size: int = opt(64, "model input size in pixels (multiple of the patch size)")
-    patch_size: int | None = opt(SYNTHETIC_ARCH["patch_size"], "patch size of the patch embedding (None: the model's own); a hybrid ViT patchifies its stem's feature map")
-    depth: int | None = opt(SYNTHETIC_ARCH["depth"], "number of blocks (None: the model's own)")
-    embed_dim: int | None = opt(SYNTHETIC_ARCH["embed_dim"], "token width D (None: the model's own)")
-    num_heads: int | None = opt(SYNTHETIC_ARCH["num_heads"], "attention heads H (None: the model's own)")
+    patch_size: int | None = opt(SYNTHETIC_VIT_ARCH["patch_size"], "patch size of the patch embedding (None: the model's own); a hybrid ViT patchifies its stem's feature map")
+    depth: int | None = opt(SYNTHETIC_VIT_ARCH["depth"], "number of blocks (None: the model's own)")
+    embed_dim: int | None = opt(SYNTHETIC_VIT_ARCH["embed_dim"], "token width D (None: the model's own)")
+    num_heads: int | None = opt(SYNTHETIC_VIT_ARCH["num_heads"], "attention heads H (None: the model's own)")
     pretrained: bool = opt(False, "load the model's pretrained weights through timm (network)")
     weights: str | None = opt(SYNTHETIC, f"local timm checkpoint (.pth/.safetensors) to start from, offline; {SYNTHETIC!r}: the "
                                          "shipped backbone pre-trained on other synthetic species whose architecture matches the "
-                                         "model (the default hybrid, or the plain ViT of fgnb/weights/pretrain_synthetic_vit.yaml); "
+                                         "model (the default plain ViT of fgnb/weights/pretrain_synthetic_vit.yaml, or the hybrid); "
                                          "None: from scratch")
     targets: int | list = opt(3, "target layers: a count from the end, or a list of block indices")
     head_hidden: int | None = opt(None, "hidden width of each MLP head (default: embed dim)")
@@ -235,7 +237,7 @@ class TrainConfig:
                               "loads a file: choose one (set weights to None to download)")
         if self.weights == SYNTHETIC and self.synthetic_arch() is None:
             # name the differences from the shipped architecture of the same model (else the default's)
-            arch = next((a for a in SYNTHETIC_ARCHS if a["model"] == self.model), SYNTHETIC_ARCH)
+            arch = next((a for a in SYNTHETIC_ARCHS if a["model"] == self.model), SYNTHETIC_VIT_ARCH)
             wrong = {k: getattr(self, k) for k, v in arch.items() if getattr(self, k) != v}
             shipped = " or ".join("(" + ", ".join(f"{k}={v!r}" for k, v in a.items()) + ")" for a in SYNTHETIC_ARCHS)
             raise ConfigError(

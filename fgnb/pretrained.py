@@ -19,10 +19,10 @@ timm ``.safetensors`` file (timm's own keys, no heads) that
 ``create_model(name, weights=path)`` - or timm itself, through
 ``pretrained_cfg_overlay=dict(file=path)`` - loads. The shipped files are made by::
 
-    # the hybrid (the CPU profile's default)
+    # the hybrid (the model of chapter 8's ablation and chapter 9's sweep)
     python -m fgnb train --config fgnb/weights/pretrain_synthetic.yaml --out runs/pretrain
     python -m fgnb export runs/pretrain/best.pt fgnb/weights/vit_tiny_r_s16_p8_64_synthetic.safetensors
-    # the plain ViT (about 70 min on one core; the recipe states the arithmetic)
+    # the plain ViT, the CPU profile's default (about 70 min on one core; the recipe states the arithmetic)
     OMP_NUM_THREADS=1 python -m fgnb train --config fgnb/weights/pretrain_synthetic_vit.yaml --out runs/pretrain_vit
     python -m fgnb export runs/pretrain_vit/best.pt fgnb/weights/vit_tiny_patch4_64_synthetic.safetensors
 
@@ -43,10 +43,10 @@ __all__ = ["export_backbone", "export_checkpoint", "read_metadata", "SYNTHETIC_W
            "SYNTHETIC_VIT_WEIGHTS", "SYNTHETIC_VIT_RECIPE", "synthetic_backbones", "synthetic_weights", "recipe_commands"]
 
 _DIR = pathlib.Path(__file__).parent / "weights"
-#: the shipped pre-trained backbone of the CPU profile (the hybrid), and the config that trained it
+#: the shipped pre-trained hybrid (the ablation's and the sweep's backbone), and the config that trained it
 SYNTHETIC_WEIGHTS = _DIR / "vit_tiny_r_s16_p8_64_synthetic.safetensors"
 SYNTHETIC_RECIPE = _DIR / "pretrain_synthetic.yaml"
-#: the plain ViT's (linear patch projection; the file exists once the recipe has been run and shipped)
+#: the plain ViT's (linear patch projection; the CPU profile's and the default backbone)
 SYNTHETIC_VIT_WEIGHTS = _DIR / "vit_tiny_patch4_64_synthetic.safetensors"
 SYNTHETIC_VIT_RECIPE = _DIR / "pretrain_synthetic_vit.yaml"
 
@@ -124,20 +124,20 @@ def recipe_commands(recipe: str | os.PathLike) -> list[str]:
 
 def synthetic_weights(cfg=None) -> str:
     """Path of the shipped backbone of ``cfg``'s architecture (a :class:`~fgnb.config.TrainConfig`
-    or a dict of its options; None: the default hybrid). A clear error if no shipped backbone
+    or a dict of its options; None: the default architecture, the plain ViT). A clear error if no shipped backbone
     has that architecture, or if its file is missing (naming the recipe that makes it) or stale."""
     from .synthetic import GENERATOR_VERSION
 
     if cfg is None:
-        arch, weights, recipe = synthetic_backbones()[0]
-    else:
-        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
-        found = [b for b in synthetic_backbones() if all(get(k) == v for k, v in b[0].items())]
-        if not found:
-            shipped = " or ".join("(" + ", ".join(f"{k}={v!r}" for k, v in b[0].items()) + ")"
-                                  for b in synthetic_backbones())
-            raise ValueError(f"no shipped synthetic backbone has this architecture; fgnb ships {shipped}")
-        arch, weights, recipe = found[0]
+        from .config import TrainConfig
+        cfg = TrainConfig()
+    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
+    found = [b for b in synthetic_backbones() if all(get(k) == v for k, v in b[0].items())]
+    if not found:
+        shipped = " or ".join("(" + ", ".join(f"{k}={v!r}" for k, v in b[0].items()) + ")"
+                              for b in synthetic_backbones())
+        raise ValueError(f"no shipped synthetic backbone has this architecture; fgnb ships {shipped}")
+    arch, weights, recipe = found[0]
     if not weights.is_file():
         commands = "".join(f"\n    {c}" for c in recipe_commands(recipe))
         raise FileNotFoundError(

@@ -28,7 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .config import SYNTHETIC, ConfigError, TrainConfig, option_differences
+from .config import DERIVED, SYNTHETIC, ConfigError, TrainConfig, option_differences
 from .crop import attention_boxes, crop_and_resize, crop_attention_layers, expand_boxes, random_boxes_like, scale_boxes
 from .data import build_dataset
 from .model import FGViT, create_model
@@ -160,7 +160,7 @@ def _synthetic_params(cfg: TrainConfig) -> dict:
 
 def source_size(cfg: TrainConfig) -> int | None:
     """Side of the source view crops are cut from (``crop_from='source'``), else None."""
-    return (cfg.source_size or 4 * cfg.img_size) if cfg.crop_from == "source" else None
+    return (cfg.source_size or DERIVED["source_size"](cfg.img_size)) if cfg.crop_from == "source" else None
 
 
 def dataset_for(cfg: TrainConfig, split: str, mean, std, root: str | None = None):

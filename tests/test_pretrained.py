@@ -104,11 +104,12 @@ def test_docstring_states_each_recipes_commands():
 
 
 def test_synthetic_weights_picks_the_file_of_the_models_architecture(tmp_path, monkeypatch):
-    from fgnb.config import SYNTHETIC_VIT_ARCH, ConfigError, TrainConfig
+    from fgnb.config import SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH, ConfigError, TrainConfig
 
-    # the hybrid (the default model) gets the shipped hybrid file
-    assert pretrained.synthetic_weights(TrainConfig()) == str(SYNTHETIC_WEIGHTS)
-    assert pretrained.synthetic_weights() == str(SYNTHETIC_WEIGHTS)
+    # the default model (the plain ViT) gets the shipped plain-ViT file, the hybrid its own
+    assert pretrained.synthetic_weights(TrainConfig()) == str(pretrained.SYNTHETIC_VIT_WEIGHTS)
+    assert pretrained.synthetic_weights() == str(pretrained.SYNTHETIC_VIT_WEIGHTS)
+    assert pretrained.synthetic_weights(TrainConfig(**SYNTHETIC_ARCH)) == str(SYNTHETIC_WEIGHTS)
     # the plain ViT without its file: a FileNotFoundError naming the recipe and its commands
     missing = tmp_path / "vit_tiny_patch4_64_synthetic.safetensors"
     monkeypatch.setattr(pretrained, "SYNTHETIC_VIT_WEIGHTS", missing)
@@ -131,7 +132,7 @@ def test_synthetic_weights_picks_the_file_of_the_models_architecture(tmp_path, m
 def test_plain_vit_file_is_chosen_and_loads_unchanged_in_fgnb_and_timm(tmp_path, monkeypatch):
     """Once the plain ViT's file exists, `fgnb:synthetic` picks it for that model, and it is a
     plain timm checkpoint (here one exported from an untrained model of that architecture)."""
-    from fgnb.config import SYNTHETIC_VIT_ARCH, TrainConfig
+    from fgnb.config import SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH, TrainConfig
 
     torch.manual_seed(0)
     arch = dict(SYNTHETIC_VIT_ARCH)
@@ -146,7 +147,7 @@ def test_plain_vit_file_is_chosen_and_loads_unchanged_in_fgnb_and_timm(tmp_path,
                           pretrained_cfg_overlay=dict(file=str(path)), **arch)
     assert_same_weights(src.vit.state_dict(), model.vit.state_dict(), t.state_dict())
     # the hybrid is not affected
-    assert pretrained.synthetic_weights(TrainConfig()) == str(SYNTHETIC_WEIGHTS)
+    assert pretrained.synthetic_weights(TrainConfig(**SYNTHETIC_ARCH)) == str(SYNTHETIC_WEIGHTS)
 
 
 @pytest.mark.parametrize("img_size", [32, 48, 96])
@@ -156,10 +157,10 @@ def test_the_64px_weights_load_at_other_input_sizes_with_a_resampled_position_em
     the new token grid and whose CLS entry is kept."""
     from safetensors.torch import load_file
 
-    from fgnb.config import TrainConfig
+    from fgnb.config import SYNTHETIC_ARCH, TrainConfig
 
     saved = load_file(str(SYNTHETIC_WEIGHTS))
-    model = build_model(TrainConfig(img_size=img_size), num_classes=10)
+    model = build_model(TrainConfig(**SYNTHETIC_ARCH, img_size=img_size), num_classes=10)
     g = img_size // 8  # stem stride 4 x patch 2
     assert model.grid(img_size, img_size) == (g, g)
     got = model.vit.state_dict()
