@@ -152,8 +152,11 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="choose one"):
         TrainConfig(pretrained=True)
     from fgnb.train import build_model
-    with pytest.raises(ValueError, match="multiple of 8"):  # the default hybrid: stem stride 4 x patch 2
-        build_model(TrainConfig(img_size=60, weights=None), 3)
+    with pytest.raises(ValueError, match="multiple of 4"):  # the default plain ViT: 4 x 4 pixel patches
+        build_model(TrainConfig(img_size=62, weights=None), 3)
+    from fgnb.config import SYNTHETIC_ARCH
+    with pytest.raises(ValueError, match="multiple of 8"):  # the hybrid: stem stride 4 x patch 2
+        build_model(TrainConfig(**SYNTHETIC_ARCH, img_size=60, weights=None), 3)
     with pytest.raises(ConfigError, match="unknown option"):
         TrainConfig().replace(learning_rate=1)
     assert warmup_cosine(0, 100, 10) == pytest.approx(0.1) and warmup_cosine(100, 100, 10) == pytest.approx(0.0)
