@@ -104,10 +104,11 @@ METRICS = ("top1_last", "top1_mean", "top1_crop", "top1_crop_only", "iou50", "pa
 #: hybrid ViT pre-trained on other synthetic species (fgnb.config.SYNTHETIC_ARCH, fgnb.pretrained)
 #: and the ablation's schedule. The hybrid is pinned: chapters 8 and 9 were measured on it
 #: before the profile moved to the plain ViT, and a resumed study must train what its runs did
-#: (``--set model=vit_tiny_patch16_224 patch_size=4`` studies the plain ViT). lr 3e-4 was chosen on validation only: in the two earlier 7-variant x 3-seed
-#: ablations (results/ablation_cpu.json at 1e-3, results/ablation_cpu_lr3e-4.json at 3e-4)
-#: the best validation top-1, averaged over runs, was 51.5 % at 3e-4 against 46.2 % at 1e-3
-#: (last alone: 51.3 vs 51.7; the crop variants lost up to 19 points at 1e-3).
+#: (``--set model=vit_tiny_patch16_224 patch_size=4`` studies the plain ViT). lr 3e-4 was
+#: chosen on validation only: in the two earlier 7-variant x 3-seed ablations
+#: (results/ablation_cpu.json at 1e-3, results/ablation_cpu_lr3e-4.json at 3e-4) the best
+#: validation top-1, averaged over runs, was 51.5 % at 3e-4 against 46.2 % at 1e-3 (last
+#: alone: 51.3 vs 51.7; the crop variants lost up to 19 points at 1e-3).
 CPU_SCHEDULE = dict(epochs=6, limit_batches=None, batch_size=32, lr=3e-4, warmup_epochs=0.5,
                     device="cpu", progress=False)
 
