@@ -14,15 +14,22 @@ if str(REPO) not in sys.path:  # run as `python bench/x.py` from a checkout
     sys.path.insert(0, str(REPO))
 
 
+#: Results files are the studies' output, not code: a study resumed beside another one (two
+#: sweeps in one checkout) sees the other's file rewritten, which must not mark its own as dirty.
+RESULTS_DIR = "bench/results"
+
+
 def git_commit(ignore=()) -> dict:
     """HEAD commit and whether the working tree differs from it; ``ignore``: paths left out of
-    that check (a results file that a resumed run rewrites is its output, not a change of code)."""
+    that check (a results file that a resumed run rewrites is its output, not a change of code).
+    Every file under ``bench/results`` is left out too (:data:`RESULTS_DIR`)."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
         except Exception:
             return ""
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                                                f":(exclude){RESULTS_DIR}",
                                                                 *(f":(exclude){os.path.relpath(os.path.abspath(p), REPO)}" for p in ignore)))}
 
 

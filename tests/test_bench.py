@@ -147,3 +147,23 @@ def test_a_results_file_rewritten_by_a_resumed_study_does_not_make_the_checkout_
     assert common.git_commit(ignore=[tmp_path / "results.json"])["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert common.git_commit(ignore=[tmp_path / "results.json"])["dirty"] is True
+
+
+def test_another_studys_results_file_does_not_make_the_checkout_dirty(tmp_path, monkeypatch):
+    """Two sweeps resumed side by side in one checkout: each rewrites its own file under
+    bench/results; neither is a change of code, but a changed script still is."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import common
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    run("init", "-q")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    for name in ("sweep_a.json", "sweep_b.json"):
+        (tmp_path / "bench" / "results" / name).write_text("{}")
+    (tmp_path / "bench" / "sweep.py").write_text("x = 1\n")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    (tmp_path / "bench" / "results" / "sweep_b.json").write_text('{"runs": [1]}')  # the other study's file
+    assert common.git_commit(ignore=[tmp_path / "bench" / "results" / "sweep_a.json"])["dirty"] is False
+    (tmp_path / "bench" / "sweep.py").write_text("x = 2\n")
+    assert common.git_commit(ignore=[tmp_path / "bench" / "results" / "sweep_a.json"])["dirty"] is True
