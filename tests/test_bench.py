@@ -131,16 +131,23 @@ def test_published_file_is_cited():
         assert row["cited"] is True and row["source"]
 
 
-def test_a_results_file_rewritten_by_a_resumed_study_does_not_make_the_checkout_dirty(tmp_path, monkeypatch):
+def _committed_checkout(tmp_path, monkeypatch, files: dict):
+    """bench/common.py pointed at a new git repository holding ``files`` ({path: text}), committed."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import common
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     run("init", "-q")
-    (tmp_path / "results.json").write_text("{}")
-    (tmp_path / "code.py").write_text("x = 1\n")
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
     run("add", ".")
     run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     monkeypatch.setattr(common, "REPO", tmp_path)
+    return common
+
+
+def test_a_results_file_rewritten_by_a_resumed_study_does_not_make_the_checkout_dirty(tmp_path, monkeypatch):
+    common = _committed_checkout(tmp_path, monkeypatch, {"results.json": "{}", "code.py": "x = 1\n"})
     assert common.git_commit()["dirty"] is False
     (tmp_path / "results.json").write_text('{"runs": []}')
     assert common.git_commit()["dirty"] is True
@@ -152,17 +159,8 @@ def test_a_results_file_rewritten_by_a_resumed_study_does_not_make_the_checkout_
 def test_another_studys_results_file_does_not_make_the_checkout_dirty(tmp_path, monkeypatch):
     """Two sweeps resumed side by side in one checkout: each rewrites its own file under
     bench/results; neither is a change of code, but a changed script still is."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import common
-    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
-    run("init", "-q")
-    (tmp_path / "bench" / "results").mkdir(parents=True)
-    for name in ("sweep_a.json", "sweep_b.json"):
-        (tmp_path / "bench" / "results" / name).write_text("{}")
-    (tmp_path / "bench" / "sweep.py").write_text("x = 1\n")
-    run("add", ".")
-    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    monkeypatch.setattr(common, "REPO", tmp_path)
+    common = _committed_checkout(tmp_path, monkeypatch, {"bench/results/sweep_a.json": "{}",
+                                                         "bench/results/sweep_b.json": "{}", "bench/sweep.py": "x = 1\n"})
     (tmp_path / "bench" / "results" / "sweep_b.json").write_text('{"runs": [1]}')  # the other study's file
     assert common.git_commit(ignore=[tmp_path / "bench" / "results" / "sweep_a.json"])["dirty"] is False
     (tmp_path / "bench" / "sweep.py").write_text("x = 2\n")
