@@ -184,6 +184,9 @@ def run_one(cfg_dict: dict, threads: int | None) -> dict:
         _check_same_run(out, cfg_dict)
         test = json.loads(test_path.read_text())
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        # the commit that trained it, from its folder; unknown (None) for a folder written before
+        # run_info.json recorded it, never the commit of the process that reads it back
+        info.setdefault("commit", None)
         return {"test": test, "skipped": True, **info}
     resume = (out / "last.pt").exists()
     cfg = TrainConfig.from_dict({**cfg_dict, "resume": resume})
@@ -202,6 +205,7 @@ def run_one(cfg_dict: dict, threads: int | None) -> dict:
         "val": {k[4:]: v for k, v in hist[res["best_epoch"] - 1].items() if k.startswith("val_")} if hist and res["best_epoch"] > 0 else {},
         "final_train_loss": {k: round(v, 4) for k, v in hist[-1].items() if k.startswith(("loss_head", "crop_loss_head"))} if hist else {},
         "finished": utc_now(),
+        "commit": git_commit().get("commit"),  # so a study that reads this folder back names it
     }
     info_path.write_text(json.dumps(info, indent=1))
     return {"test": res["test"], "skipped": False, **info}

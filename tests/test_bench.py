@@ -94,6 +94,10 @@ def test_ablation_schema_and_resume(tmp_path):
     rows = ablation_table(res)
     assert rows[0]["variant"] == "last" and "±" in rows[0]["top1_last"]
     assert "| variant |" in ablation_table(res, markdown=True)
+    # Every run folder names the commit that trained it, so a study reading it back keeps it.
+    folders = {(r["variant"], r["seed"]): pathlib.Path(r["out"]) for r in res["runs"]}
+    for r in res["runs"]:
+        assert json.loads((folders[r["variant"], r["seed"]] / "run_info.json").read_text())["commit"] == r["commit"]
     # A second call finds every run done and skips it.
     stdout = _run(args, tmp_path)
     assert stdout.count("skipped (done)") == 4
@@ -109,6 +113,16 @@ def test_ablation_schema_and_resume(tmp_path):
     res = load_results(out)
     assert len(res["runs"]) == 4 and res["seeds"] == [0, 1]
     assert all(r["commit"] and r["config"]["seed"] == r["seed"] and r["val"]["n"] > 0 for r in res["runs"])
+    # Without the results file the rows come back from the folders, with the commit each folder
+    # names (a made-up one here), or none where the folder does not say: never the reader's own.
+    (k0, f0), (k1, f1) = list(folders.items())[:2]
+    (f0 / "run_info.json").write_text(json.dumps(json.loads((f0 / "run_info.json").read_text()) | {"commit": "0" * 40}))
+    info1 = json.loads((f1 / "run_info.json").read_text())
+    (f1 / "run_info.json").write_text(json.dumps({k: v for k, v in info1.items() if k != "commit"}))
+    out.unlink()
+    assert _run(args, tmp_path).count("skipped (done)") == 4
+    commits = {(r["variant"], r["seed"]): r["commit"] for r in load_results(out)["runs"]}
+    assert commits[k0] == "0" * 40 and commits[k1] is None
 
 
 def test_results_loader_rejects_other_json(tmp_path):
