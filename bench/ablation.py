@@ -170,8 +170,9 @@ def _check_same_run(out: pathlib.Path, cfg_dict: dict) -> None:
                          "use another --runs-dir (or remove that folder) instead of mixing runs")
 
 
-def run_one(cfg_dict: dict, threads: int | None) -> dict:
-    """Train one run (resuming or skipping it as its folder says); returns its row."""
+def run_one(cfg_dict: dict, threads: int | None, commit: str | None = None) -> dict:
+    """Train one run (resuming or skipping it as its folder says); returns its row. ``commit``:
+    the checkout's commit, written into the run folder of a run this call trains."""
     import torch
     if threads:
         torch.set_num_threads(threads)
@@ -205,7 +206,7 @@ def run_one(cfg_dict: dict, threads: int | None) -> dict:
         "val": {k[4:]: v for k, v in hist[res["best_epoch"] - 1].items() if k.startswith("val_")} if hist and res["best_epoch"] > 0 else {},
         "final_train_loss": {k: round(v, 4) for k, v in hist[-1].items() if k.startswith(("loss_head", "crop_loss_head"))} if hist else {},
         "finished": utc_now(),
-        "commit": git_commit().get("commit"),  # so a study that reads this folder back names it
+        "commit": commit,  # so a study that reads this folder back names it
     }
     info_path.write_text(json.dumps(info, indent=1))
     return {"test": res["test"], "skipped": False, **info}
@@ -350,12 +351,12 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
         for i, k in enumerate(plan):
             print(f"[{utc_now()}] run {i + 1}/{len(plan)}: {name(k)} -> {cfgs[k]['out']}", flush=True)
             ts = time.perf_counter()
-            record(k, run_one(cfgs[k], threads), time.perf_counter() - ts)
+            record(k, run_one(cfgs[k], threads, commit), time.perf_counter() - ts)
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, cfgs[k], threads): k for k in plan}
+            futures = {pool.submit(run_one, cfgs[k], threads, commit): k for k in plan}
             print(f"[{utc_now()}] {len(plan)} runs queued on {jobs} processes", flush=True)
             for fut in cf.as_completed(futures):
                 row = fut.result()

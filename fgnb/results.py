@@ -216,11 +216,13 @@ def t_quantile(df: int, q: float = 0.975) -> float:
         return _T975[max(k for k in _T975 if k <= df)]
 
 
-def seeds_needed(sd: float, half_width: float = 1.5, confidence: float = 0.95, most: int = 1000) -> int:
-    """Smallest n >= 2 with t_{n-1} * sd / sqrt(n) <= half_width: the seeds a paired
-    difference of standard deviation ``sd`` needs for an interval of +- ``half_width``."""
+def seeds_needed(sd: float, half_width: float = 1.5, confidence: float = 0.95, most: int = 1000,
+                 least: int = 2) -> int:
+    """Smallest n >= ``least`` with t_{n-1} * sd / sqrt(n) <= half_width: the seeds a paired
+    difference of standard deviation ``sd`` needs for an interval of +- ``half_width``
+    (chapters 8 and 9 use ``least=4``, the seed rule's floor)."""
     q = 1 - (1 - confidence) / 2
-    for n in range(2, most + 1):
+    for n in range(max(2, least), most + 1):
         if t_quantile(n - 1, q) * sd / math.sqrt(n) <= half_width:
             return n
     raise ValueError(f"more than {most} seeds needed for sd={sd} and half_width={half_width}")

@@ -66,6 +66,9 @@ def test_seeds_needed_is_the_smallest_n():
     n = seeds_needed(2.0, 1.5)
     assert t_quantile(n - 1) * 2.0 / math.sqrt(n) <= 1.5 < t_quantile(n - 2) * 2.0 / math.sqrt(n - 1)
     assert n == 10  # t_8 * 2 / 3 = 1.54 > 1.5; t_9 * 2 / sqrt(10) = 1.43
+    # the seed rule's floor: a small spread asks for the floor, a large one is unchanged by it
+    assert seeds_needed(0.1, 1.5) == 2 and seeds_needed(0.1, 1.5, least=4) == 4
+    assert seeds_needed(2.0, 1.5, least=4) == 10
 
 
 def test_forest_plot_draws_each_interval_where_the_rows_say():
