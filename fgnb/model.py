@@ -272,7 +272,7 @@ def create_model(
 
     ``pretrained=True`` loads the weights through timm (the Hugging Face hub, e.g. in
     Colab); ``weights=PATH`` loads a local .pth/.safetensors timm checkpoint offline
-    (``pretrained_cfg_overlay=dict(file=PATH)``). ``img_size`` other than the weights'
+    (``pretrained_cfg_overlay=dict(file=PATH, custom_load=False)``). ``img_size`` other than the weights'
     resamples the position embedding (timm). Extra keyword arguments go to timm
     (``patch_size``, ``depth``, ``embed_dim``, ``num_heads``, ``dynamic_img_size`` ...),
     which is how the small CPU models of the book are made.
@@ -286,7 +286,10 @@ def create_model(
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file not found: {path}")
         pretrained = True
-        kwargs["pretrained_cfg_overlay"] = dict(file=path)
+        # custom_load=False: a local file is always a timm state dict (.pth/.safetensors). Hybrid
+        # ViT configs say custom_load=True (their hub weights are JAX .npz), and timm < 1.0.31
+        # then hands any file to the .npz reader, which refuses a state dict (seen on timm 1.0.29).
+        kwargs["pretrained_cfg_overlay"] = dict(file=path, custom_load=False)
     try:
         backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except AssertionError as e:  # timm's shape checks, e.g. a hybrid stem's map not divisible by the patch

@@ -17,7 +17,8 @@ picks the file of the model's architecture (:func:`synthetic_weights`).
 :func:`export_backbone` writes any trained :class:`~fgnb.model.FGViT`'s backbone as a
 timm ``.safetensors`` file (timm's own keys, no heads) that
 ``create_model(name, weights=path)`` - or timm itself, through
-``pretrained_cfg_overlay=dict(file=path)`` - loads. The shipped files are made by::
+``pretrained_cfg_overlay=dict(file=path, custom_load=False)`` - loads (``custom_load=False``:
+the hybrid's config would send the file to timm's .npz reader). The shipped files are made by::
 
     # the hybrid (the model of chapter 8's ablation and chapter 9's sweep)
     python -m fgnb train --config fgnb/weights/pretrain_synthetic.yaml --out runs/pretrain

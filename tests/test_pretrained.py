@@ -37,10 +37,32 @@ def test_export_round_trip_through_fgnb_and_timm(tmp_path):
     m2 = create_model("vit_tiny_r_s16_p8_224", num_classes=3, weights=path, **HYB)
     # timm alone, no fgnb involved
     t = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=True, num_classes=0,
-                          pretrained_cfg_overlay=dict(file=str(path)), **HYB)
+                          pretrained_cfg_overlay=dict(file=str(path), custom_load=False), **HYB)
     assert_same_weights(m.vit.state_dict(), m2.vit.state_dict(), t.state_dict())
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(t.eval().forward_features(x), m.eval().vit.forward_features(x))
+
+
+def test_local_weights_never_go_through_timms_npz_loader(tmp_path, monkeypatch):
+    """Hybrid ViT configs say custom_load=True (their hub weights are JAX .npz). timm 1.0.29
+    then hands a local file to ``VisionTransformer.load_pretrained``, whose .npz reader
+    refuses a state dict: seen on the device check's GPU machine. fgnb's local weights must
+    take timm's state-dict path on every timm version, so that reader is made to fail here."""
+    import timm.models.vision_transformer as tvit
+
+    torch.manual_seed(0)
+    m = create_model("vit_tiny_r_s16_p8_224", num_classes=5, **HYB)
+    path = export_backbone(m, tmp_path / "w.safetensors")
+
+    def npz_only(self, checkpoint_path, prefix=""):
+        raise ValueError(f"expected an original JAX/Flax NumPy .npz checkpoint, could not read {checkpoint_path}")
+
+    monkeypatch.setattr(tvit.VisionTransformer, "load_pretrained", npz_only)
+    # timm >= 1.0.31 resets custom_load when an overlay names a file; older timm keeps the
+    # config's True. Emptying the keys that trigger the reset makes any timm behave like 1.0.29.
+    monkeypatch.setattr(timm.models._builder, "_PRETRAINED_SOURCE_KEYS", (), raising=False)
+    m2 = create_model("vit_tiny_r_s16_p8_224", num_classes=3, weights=path, **HYB)
+    assert_same_weights(m.vit.state_dict(), m2.vit.state_dict())
 
 
 def test_export_errors(tmp_path):
@@ -144,7 +166,7 @@ def test_plain_vit_file_is_chosen_and_loads_unchanged_in_fgnb_and_timm(tmp_path,
     assert pretrained.synthetic_weights(cfg) == str(path)
     model = build_model(cfg, num_classes=3)
     t = timm.create_model(name, pretrained=True, num_classes=0, img_size=64,
-                          pretrained_cfg_overlay=dict(file=str(path)), **arch)
+                          pretrained_cfg_overlay=dict(file=str(path), custom_load=False), **arch)
     assert_same_weights(src.vit.state_dict(), model.vit.state_dict(), t.state_dict())
     # the hybrid is not affected
     assert pretrained.synthetic_weights(TrainConfig(**SYNTHETIC_ARCH)) == str(SYNTHETIC_WEIGHTS)
