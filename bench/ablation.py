@@ -117,7 +117,9 @@ def cpu_base() -> dict:
     from fgnb.book import PROFILES
     from fgnb.config import SYNTHETIC_ARCH
 
-    return {**PROFILES["cpu-quick"], **SYNTHETIC_ARCH, **CPU_SCHEDULE}
+    # workers=0: the studies train one process per core (--jobs = cores, --threads 1), where a
+    # loader process per run would only compete for the cores; the numbers do not depend on it.
+    return {**PROFILES["cpu-quick"], **SYNTHETIC_ARCH, **CPU_SCHEDULE, "workers": 0}
 
 
 TINY = dict(epochs=1, limit_batches=1, batch_size=8, synthetic_classes=3, synthetic_train_per_class=6,

@@ -456,7 +456,8 @@ def bench_epoch(a, device, rows, res):
     """Where a default training epoch goes: data loading and the validation pass.
 
     Runs ``fgnb.train.train`` for one epoch of the ablation's CPU set-up (its base on
-    the default synthetic set) per item and worker count, and reads the epoch's own
+    the default synthetic set) per item and worker count (``--epoch-workers``: 0 and the
+    default, :func:`fgnb.train.default_workers` on this machine), and reads the epoch's own
     ``data_time_s`` (time the loop waited for the next batch) and ``eval_time_s`` (the
     validation pass after the epoch) against its ``epoch_time_s`` (the training loop).
     """
@@ -473,8 +474,9 @@ def bench_epoch(a, device, rows, res):
         base.update(synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=2, batch_size=4,
                     val_fraction=0.25)
     res["epoch"] = {}
+    counts, res["epoch_default_workers"] = epoch_worker_counts(a.epoch_workers, device.type)
     for item, opts in EPOCH_ITEMS.items():
-        for workers in a.epoch_workers:
+        for workers in counts:
             with tempfile.TemporaryDirectory() as tmp:
                 h = train(TrainConfig(**{**base, **opts, "workers": workers, "out": tmp}))["history"][0]
             share = h["data_time_s"] / h["epoch_time_s"]
@@ -487,6 +489,32 @@ def bench_epoch(a, device, rows, res):
 
 
 # ----------------------------------------------------------------------------- main
+def _workers_arg(s: str):
+    if s == "default":
+        return s
+    try:
+        n = int(s)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--epoch-workers takes whole numbers >= 0 or 'default', got {s!r}")
+    return n
+
+
+def epoch_worker_counts(requested, device_type: str) -> tuple[list[int], int]:
+    """The worker counts to time, 'default' resolved by fgnb.train.default_workers (each once),
+    and that default."""
+    from fgnb.train import default_workers
+
+    default = default_workers(device_type)
+    counts = []
+    for w in requested:
+        n = default if w == "default" else int(w)
+        if n not in counts:
+            counts.append(n)
+    return counts, default
+
+
 def settings(args) -> argparse.Namespace:
     a = argparse.Namespace(**vars(args))
     if args.tiny:
@@ -525,7 +553,8 @@ def main(argv=None) -> int:
     p.add_argument("--base-width", action="store_true", help="also time attention capture with ViT-B/16 (batch 1)")
     p.add_argument("--sections", nargs="+", default=["train_step", "memory", "attn_capture", "crop", "epoch"],
                    choices=["train_step", "memory", "attn_capture", "crop", "epoch"])
-    p.add_argument("--epoch-workers", type=int, nargs="+", default=[0, 1], help="DataLoader workers timed in 'epoch'")
+    p.add_argument("--epoch-workers", type=_workers_arg, nargs="+", default=[0, "default"],
+                   help="DataLoader workers timed in 'epoch' (default: fgnb.train.default_workers on this machine)")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
     p.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"),
                    help="mixed precision of the train steps, timm's reference and fgnb's alike (fp16: with a GradScaler)")

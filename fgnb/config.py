@@ -179,7 +179,9 @@ class TrainConfig:
                            "CPU autocast, slow)", ("auto", "bf16", "fp16", "off"))
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device string")
     seed: int = opt(0, "random seed")
-    workers: int = opt(0, "DataLoader worker processes")
+    workers: int | None = opt(None, "DataLoader worker processes (None: fgnb.train.default_workers, 1 on a CPU with 2+ "
+                                    "cores, min(4, cores - 1) beside a GPU; 0: load in the main process). The numbers "
+                                    "do not depend on it: each image's augmentation is seeded by (seed, epoch, index)")
     cache_images: str = opt("auto", "keep decoded images in memory after the first epoch (auto: when the set's decoded "
                                     "images fit in 1 GiB per process)", ("auto", "on", "off"))
     limit_batches: int | None = opt(None, "stop each epoch after this many batches (quick runs and tests)")

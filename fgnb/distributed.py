@@ -19,7 +19,7 @@ import torch
 import torch.distributed as td
 
 __all__ = [
-    "is_distributed", "rank", "world_size", "local_rank", "is_main", "init_from_env", "shutdown",
+    "is_distributed", "rank", "world_size", "local_rank", "local_world_size", "is_main", "init_from_env", "shutdown",
     "barrier", "main_first", "all_reduce_sum", "sync_gradients", "broadcast_parameters", "gather_keys",
 ]
 
@@ -38,6 +38,11 @@ def world_size() -> int:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def local_world_size() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
 def is_main() -> bool:

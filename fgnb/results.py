@@ -47,7 +47,8 @@ import os
 import pathlib
 from typing import Any, Sequence
 
-__all__ = ["find_results", "load_results", "ablation_table", "boxes_table", "speed_table", "ABLATION_METRICS",
+__all__ = ["find_results", "load_results", "ablation_table", "boxes_table", "speed_table", "gpu_check_table",
+           "ABLATION_METRICS",
            "to_markdown", "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
@@ -202,6 +203,49 @@ def speed_table(results: dict, markdown: bool = False, digits: int = 2):
 
 
 # ----------------------------------------------------------------------------- paired statistics
+def gpu_check_table(results: dict, markdown: bool = False):
+    """One row per step of ``bench/gpu_check.py`` (the device check) with its outcome.
+
+    A step that raised shows its error; ``runs`` counts the short training runs whose losses
+    were finite (``ok``) and names the first failure.
+    """
+    if results.get("kind") != "gpu_check":
+        raise ValueError("gpu_check_table needs the results of bench/gpu_check.py (kind 'gpu_check')")
+    seconds = results.get("seconds", {})
+    rows = []
+    for step in results.get("steps", []):
+        r = results.get(step)
+        if r is None:
+            outcome = "not run (stopped before this step)"
+        elif isinstance(r, dict) and "error" in r and step != "speed":
+            outcome = f"FAILED: {r['error']}"
+        elif step == "env":
+            outcome = (f"{r.get('name')} (capability {r.get('capability')}), {r.get('gpus')} GPU(s), torch "
+                       f"{r.get('torch')}, timm {r.get('timm')}, amp='auto' -> {r.get('amp_auto')}")
+        elif step == "speed":
+            outcome = "; ".join(f"{amp}: " + ("ok" if v.get("rc") == 0 else f"FAILED ({v.get('error') or 'rc ' + str(v.get('rc'))})")
+                                for amp, v in r.items())
+        elif step == "runs":
+            ok = [x for x in r if x.get("ok")]
+            bad = [x for x in r if not x.get("ok") and not x.get("skipped")]
+            skipped = len(r) - len(ok) - len(bad)
+            outcome = f"{len(ok)} of {len(r)} runs ok (finite losses), amp {sorted({x.get('amp') for x in r})}"
+            if skipped:
+                outcome += f", {skipped} skipped (out of time)"
+            if bad:
+                outcome += f"; first failure: {bad[0].get('error')}"
+        elif step == "chapter7":
+            errors = r.get("errors") or []
+            outcome = (f"ran, full profile: {r.get('full_profile')}, {r.get('amp_line')}" if not errors
+                       else f"FAILED: {'; '.join(errors)}")
+        elif isinstance(r, dict) and "skipped" in r:
+            outcome = f"skipped: {r['skipped']}"
+        else:
+            outcome = ", ".join(f"{k}: rc {v.get('rc')}" for k, v in r.items() if isinstance(v, dict))
+        rows.append({"step": step, "seconds": seconds.get(step), "outcome": outcome})
+    return to_markdown(rows, ["step", "seconds", "outcome"]) if markdown else rows
+
+
 def t_quantile(df: int, q: float = 0.975) -> float:
     """Student's t quantile (scipy's when installed; else a table, rounding df down: wider)."""
     if df < 1:

@@ -59,7 +59,7 @@ BAD = {
     "label_smoothing": FRACTION,
     "device": ["gpu0", "", 1, None],
     "seed": NON_NEGATIVE_INT + [2**32, None],
-    "workers": NON_NEGATIVE_INT + [None],
+    "workers": NON_NEGATIVE_INT,
     "limit_batches": POSITIVE_INT,
     "out": ["", 5, None],
     "resume": BOOL,

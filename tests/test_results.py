@@ -115,3 +115,29 @@ def test_boxes_table_reads_the_screening_summary():
     assert [r["option"] for r in boxes_table(test_only)] == ["literal"] == [r["option"] for r in boxes_table(test_only, "test")]
     with pytest.raises(ValueError, match="kind 'boxes'"):
         boxes_table({"kind": "ablation"})
+
+
+def test_gpu_check_table_reports_each_steps_outcome():
+    from fgnb.results import gpu_check_table
+
+    res = {"kind": "gpu_check", "steps": ["env", "speed", "runs", "chapter7", "torchrun"],
+           "seconds": {"env": 1.0, "speed": 2.0, "runs": 3.0},
+           "env": {"name": "GPU X", "capability": [8, 0], "gpus": 1, "torch": "2.x", "timm": "1.y", "amp_auto": "bf16"},
+           "speed": {"fp16": {"rc": 0}, "bf16": {"rc": 1}},
+           "runs": [{"ok": True, "amp": "auto"}, {"ok": False, "amp": "fp16", "error": "ValueError: boom"},
+                    {"ok": True, "amp": "fp16"}, {"amp": "auto", "skipped": "out of time"}]}
+    rows = {r["step"]: r for r in gpu_check_table(res)}
+    assert list(rows) == res["steps"]
+    assert "GPU X" in rows["env"]["outcome"] and "bf16" in rows["env"]["outcome"]
+    assert rows["speed"]["outcome"] == "fp16: ok; bf16: FAILED (rc 1)"
+    assert rows["runs"]["outcome"].startswith("2 of 4 runs ok") and "1 skipped" in rows["runs"]["outcome"]
+    assert rows["runs"]["outcome"].endswith("first failure: ValueError: boom")
+    assert rows["chapter7"]["outcome"].startswith("not run") and rows["chapter7"]["seconds"] is None
+    res["chapter7"] = {"errors": ["RuntimeError: died"]}
+    res["torchrun"] = {"skipped": "fewer than 2 GPUs"}
+    rows = {r["step"]: r for r in gpu_check_table(res)}
+    assert rows["chapter7"]["outcome"] == "FAILED: RuntimeError: died"
+    assert rows["torchrun"]["outcome"] == "skipped: fewer than 2 GPUs"
+    assert gpu_check_table(res, markdown=True).count("\n") == 6  # header, rule, 5 steps
+    with pytest.raises(ValueError, match="gpu_check"):
+        gpu_check_table({"kind": "speed"})

@@ -8,7 +8,7 @@ import torch
 
 from fgnb.cli import main as cli
 from fgnb.config import ConfigError, TrainConfig, load_config
-from fgnb.train import load_checkpoint, load_model, train, warmup_cosine
+from fgnb.train import default_workers, load_checkpoint, load_model, train, warmup_cosine
 
 TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,  # from scratch, small
             synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
@@ -303,3 +303,43 @@ def test_normalisation_is_the_weights_own(name):
     assert normalisation(name) == (tuple(dc["mean"]), tuple(dc["std"]))
     with pytest.raises(ValueError, match="unknown timm model name"):
         normalisation("vit_tinyy")
+
+
+def test_default_workers_rule():
+    """workers=None: 1 loader process on a CPU with 2+ cores (the step already uses every core),
+    min(4, cores - 1) beside a GPU, the cores shared by the processes of one machine."""
+    assert [default_workers("cpu", c) for c in (1, 2, 16)] == [0, 1, 1]
+    assert [default_workers("cuda", c) for c in (1, 2, 3, 5, 16, 64)] == [0, 1, 2, 4, 4, 4]
+    assert default_workers("mps", 8) == 4
+    assert default_workers("cuda", 16, processes=8) == 1 and default_workers("cuda", 16, processes=2) == 4
+    assert default_workers("cpu", 4, processes=4) == 0
+    assert isinstance(default_workers("cpu"), int)  # this machine's affinity
+
+
+@pytest.mark.real_default_workers
+@pytest.mark.parametrize("workers", [None, 0])
+def test_every_loader_gets_the_resolved_worker_count(tmp_path, monkeypatch, workers):
+    T = importlib.import_module("fgnb.train")
+    monkeypatch.setattr(T, "default_workers", lambda device_type, cores=None, processes=1: 2)
+    seen = []
+    real = torch.utils.data.DataLoader.__init__
+
+    def spy(self, *a, **k):
+        seen.append(k.get("num_workers", 0))
+        real(self, *a, **k)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", spy)
+    train(cfg(tmp_path, epochs=1, limit_batches=1, workers=workers))
+    assert len(seen) >= 3 and set(seen) == {2 if workers is None else 0}  # train, val and test loaders
+    assert load_config(tmp_path / "run" / "config.yaml").workers == workers  # the option as given, not the count
+
+
+def test_the_numbers_do_not_depend_on_the_worker_count(tmp_path):
+    """Why workers may default to what the machine has: every image's augmentation is seeded by
+    (seed, epoch, index), so 0 and 2 loader processes give bit-equal weights and metrics."""
+    runs = {w: train(cfg(tmp_path, f"w{w}", strategy="progressive", crop=True, workers=w)) for w in (0, 2)}
+    assert runs[0]["test"] == runs[2]["test"]
+    assert [{k: v for k, v in h.items() if "time" not in k and "per_s" not in k} for h in runs[0]["history"]] == \
+        [{k: v for k, v in h.items() if "time" not in k and "per_s" not in k} for h in runs[2]["history"]]
+    a, b = (load_checkpoint(tmp_path / f"w{w}" / "last.pt")["model"] for w in (0, 2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
