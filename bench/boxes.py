@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         model, cfg, state = load_model(path)
         mean, std = normalisation(cfg.model)
         scfg = cfg.replace(crop_from="source", workers=0, batch_size=50)
-        loaders = {s: _eval_loader(dataset_for(scfg, s, mean, std), scfg) for s in args.splits}
+        loaders = {s: _eval_loader(dataset_for(scfg, s, mean, std), scfg, scfg.workers) for s in args.splits}
         ts = time.perf_counter()
         for r in screen_model(model, cfg, readers, loaders, options):
             rows.append({"model": str(path), **r})

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args) -> dict:
-    from .train import _eval_loader, dataset_for, default_workers, evaluate, load_model, select_device
+    from .train import _eval_loader, dataset_for, evaluate, load_model, loader_workers, select_device
 
     device = select_device(args.device)
     model, cfg, _ = load_model(args.checkpoint, device)
@@ -50,8 +50,7 @@ def _evaluate(args) -> dict:
         cfg = cfg.replace(data_root=args.data_root)
     dc = model.data_config()
     ds = dataset_for(cfg, args.split, dc["mean"], dc["std"])
-    workers = cfg.workers if cfg.workers is not None else default_workers(device.type)
-    res = evaluate(model, _eval_loader(ds, cfg, workers), cfg, device, progress=True)
+    res = evaluate(model, _eval_loader(ds, cfg, loader_workers(cfg, device.type)), cfg, device, progress=True)
     print(json.dumps(res, indent=2))
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(res, indent=2))

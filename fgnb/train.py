@@ -41,6 +41,7 @@ __all__ = [
     "autocast_for",
     "amp_dtype",
     "default_workers",
+    "loader_workers",
     "build_model",
     "build_data",
     "save_checkpoint",
@@ -95,6 +96,14 @@ def default_workers(device_type: str, cores: int | None = None, processes: int =
     if device_type == "cpu":
         return 1 if cores >= 2 else 0
     return max(0, min(4, cores - 1))
+
+
+def loader_workers(cfg: TrainConfig, device_type: str) -> int:
+    """A run's DataLoader workers: ``cfg.workers``, or :func:`default_workers` when it is None.
+    The run's numbers are the same whatever the count (:class:`SeededItems`)."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return default_workers(device_type, processes=dist.local_world_size())
 
 
 def amp_dtype(device_type: str, amp: str = "auto", capability: tuple[int, int] | None = None) -> torch.dtype | None:
@@ -202,7 +211,10 @@ def dataset_for(cfg: TrainConfig, split: str, mean, std, root: str | None = None
 
 
 def build_data(cfg: TrainConfig, mean, std, workers: int | None = None) -> dict[str, Any]:
-    """train / val / test data sets with the FGVC transform and the weights' normalisation."""
+    """train / val / test data sets with the FGVC transform and the weights' normalisation.
+    ``workers``: the loader processes that will read them (None: ``cfg.workers``, or 0)."""
+    if workers is None:
+        workers = cfg.workers or 0
     root = cfg.data_root
     if cfg.download and cfg.dataset == "cub":
         from .data import download_cub
@@ -216,7 +228,7 @@ def build_data(cfg: TrainConfig, mean, std, workers: int | None = None) -> dict[
     if cfg.cache_images != "off":
         for ds in data.values():
             if ds is not None and hasattr(ds, "cache_images"):
-                if ds.cache_images(float("inf") if cfg.cache_images == "on" else 1 << 30) and (workers or cfg.workers or 0) > 0:
+                if ds.cache_images(float("inf") if cfg.cache_images == "on" else 1 << 30) and workers > 0:
                     ds.fill_cache()  # workers are forked every epoch: they inherit the filled cache
     return data
 
@@ -266,12 +278,12 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         return self.n // self.batch_size
 
 
-def _eval_loader(ds, cfg: TrainConfig, workers: int | None = None):
+def _eval_loader(ds, cfg: TrainConfig, workers: int):
     # Shard without padding, so gathered counts are exact.
     idx = list(range(dist.rank(), len(ds), dist.world_size()))
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(ds, idx), batch_size=max(1, cfg.batch_size // dist.world_size()),
-        shuffle=False, num_workers=workers if workers is not None else (cfg.workers or 0),
+        shuffle=False, num_workers=workers,
     )
 
 
@@ -649,9 +661,8 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
 
     # Data and model. The normalisation is the one the chosen timm weights expect.
     mean, std = normalisation(cfg.model)
-    # workers=None: as many loader processes as keep the data share small here (default_workers);
-    # the run's numbers are the same whatever the count (SeededItems), so it is not saved as an option.
-    workers = cfg.workers if cfg.workers is not None else default_workers(device.type, processes=dist.local_world_size())
+    # The resolved count is not saved as an option: cfg keeps None, so a resumed run resolves it again.
+    workers = loader_workers(cfg, device.type)
     data = build_data(cfg, mean, std, workers)
     if cfg.verify_data:  # every image opened once, now, rather than a bad file ending epoch 3
         for ds in data.values():
