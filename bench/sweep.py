@@ -53,6 +53,10 @@ FIXED = dict(source_size=256)
 #: options given in input pixels at the ablation's 64 px, scaled with the point so that they keep
 #: their share of the view (``min_crop=16``, a quarter of the side, is 8 px at 32 and 24 at 96)
 SCALED = ("min_crop",)
+#: the curve's cells held to the seed rule (chapter 9), each with the metric it is compared on
+#: against ``last``'s ``top1_last``: the chosen box in its crop mode (global + crop view)
+RULE_CELLS = {"last:3steps": "top1_last", "summed": "top1_last", "progressive": "top1_last",
+              "progressive+crop": "top1_last", "progressive+crop:min16+margin0.5": "top1_crop"}
 
 
 def point_options(variant: str, point: int) -> dict:
@@ -121,13 +125,54 @@ def aggregate_points(rows: list[dict], points: list[int], variants: list[str]) -
     return table
 
 
+def plan_command(command: str, point: int, seeds: list[int], variants: list[str]) -> str:
+    """``command`` (a results file's own) with its --points, --seeds and --variants replaced."""
+    words, kept, skip = command.split(), [], False
+    for w in words:
+        if w.startswith("--"):
+            skip = w in ("--points", "--seeds", "--variants")
+        if not skip:
+            kept.append(w)
+    return " ".join(kept + ["--points", str(point), "--seeds", *map(str, seeds), "--variants", *variants])
+
+
+def print_plan(out: str) -> int:
+    """``--plan``: what the file at ``out`` still has to train (``fgnb.results.seed_plan`` on
+    :data:`RULE_CELLS`), and the commands that resume it."""
+    from fgnb.results import load_results, seed_plan
+
+    results = load_results(out)
+    cells = {v: m for v, m in RULE_CELLS.items() if v in (results.get("variants") or {})}
+    plan = seed_plan(results, cells)
+    if not plan:
+        print(f"{out}: every cell of {', '.join(cells)} meets the seed rule (+-1.5 points, 4 seeds at least)")
+        return 0
+    total = 0.0
+    for r in plan:
+        hw = "no interval" if r["half_width"] != r["half_width"] else f"+-{r['half_width']:.2f}"
+        t = "unknown time" if r["core_s"] is None else f"~{r['core_s'] / 3600:.1f} core-h"
+        total += r["core_s"] or 0
+        print(f"{r['point']:>3} px  {r['variant']} ({r['metric']}): n={r['n']}, {hw}; asks for {r['asks']}; "
+              f"train {r['variant']} seeds {r['variant_seeds'] or '-'}, last seeds {r['baseline_seeds'] or '-'} ({t})")
+        variants = ([r["variant"]] if r["variant_seeds"] else []) + (["last"] if r["baseline_seeds"] else [])
+        print("    " + plan_command(results.get("command") or f"python bench/sweep.py --out {out}", r["point"],
+                                    sorted(set(r["variant_seeds"]) | set(r["baseline_seeds"])), variants))
+    print(f"{len(plan)} cells short of the rule, ~{total / 3600:.1f} core-hours (a last run two cells share counts twice)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ablation.add_run_arguments(p, out="bench/results/sweep_cpu.json", runs_dir="bench/runs/sweep",
                                variants=SWEEP_VARIANTS)
     p.add_argument("--points", type=int, nargs="+", default=POINTS, metavar="PX",
                    help=f"input sizes in pixels (default: {' '.join(map(str, POINTS))})")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: print the cells of --out short of the seed rule, the seeds they ask for, "
+                        "the single-core time and the commands that train them")
     args = p.parse_args(argv)
+    if args.plan:
+        return print_plan(args.out)
 
     if args.threads:
         import torch

@@ -272,6 +272,59 @@ def seeds_needed(sd: float, half_width: float = 1.5, confidence: float = 0.95, m
     raise ValueError(f"more than {most} seeds needed for sd={sd} and half_width={half_width}")
 
 
+def seed_plan(results: dict, cells: dict[str, str] | None = None, baseline: str = "last", split: str = "test",
+              half_width: float = 1.5, least: int = 4) -> list[dict]:
+    """What a sweep (``bench/sweep.py``) still has to train for the seed rule (chapters 8 and 9):
+    every cell (point, variant) whose paired interval is wider than +- ``half_width`` or has
+    fewer than ``least`` seeds, with the seeds its measured spread asks for,
+    ``asks`` = :func:`seeds_needed` (sd, half_width, least) (``least`` when there is no spread yet).
+
+    ``cells``: {variant: its metric}, compared with the baseline's ``top1_last`` (default: every
+    variant of the file on ``top1_last``). The next seeds are taken where half the pair is already
+    trained (the baseline's seeds first, then the variant's), then the smallest unused ones.
+    ``core_s`` estimates the single-core seconds of the runs to train from the mean
+    ``train_wall_s`` of the same point and variant (None without a timed run); a baseline run
+    that two cells need is counted in both. Rows: {point, variant, metric, n, half_width, asks,
+    seeds, variant_seeds, baseline_seeds, core_s}, sorted like the results' variants, then point.
+    """
+    if results.get("kind") != "sweep":
+        raise ValueError("seed_plan needs the results of bench/sweep.py (kind 'sweep')")
+    if cells is None:
+        cells = {v: "top1_last" for v in results.get("variants") or {} if v != baseline}
+    runs = results.get("runs", [])
+
+    def trained(point, variant, metric):
+        return {r["seed"]: r for r in runs if (r["point"], r["variant"]) == (point, variant)
+                and _metric_of(r, metric, split) is not None}
+
+    def cost(done):
+        t = [r["train_wall_s"] for r in done.values() if r.get("train_wall_s")]
+        return sum(t) / len(t) if t else None
+
+    plan = []
+    for variant, metric in cells.items():
+        curve = {r["point"]: r for r in gain_curve(results, [variant], baseline, metric, split,
+                                                   baseline_metric="top1_last")}
+        for info in results.get("points", []):
+            pt = info["point"]
+            row = curve.get(pt)
+            n, hw, sd = (row["n"], row["half_width"], row["sd"]) if row else (0, float("nan"), float("nan"))
+            if n >= least and hw <= half_width:
+                continue
+            asks = seeds_needed(sd, half_width, least=least) if n > 1 and sd == sd else least
+            mine, base = trained(pt, variant, metric), trained(pt, baseline, "top1_last")
+            fresh = (s for s in range(10 ** 6) if s not in mine and s not in base)
+            order = sorted(set(base) - set(mine)) + sorted(set(mine) - set(base))
+            seeds = (order + [next(fresh) for _ in range(max(0, asks - n - len(order)))])[:max(0, asks - n)]
+            v_seeds, b_seeds = [s for s in seeds if s not in mine], [s for s in seeds if s not in base]
+            cv, cb = cost(mine), cost(base)
+            core = None if (v_seeds and cv is None) or (b_seeds and cb is None) else \
+                len(v_seeds) * (cv or 0) + len(b_seeds) * (cb or 0)
+            plan.append({"point": pt, "variant": variant, "metric": metric, "n": n, "half_width": hw, "asks": asks,
+                         "seeds": seeds, "variant_seeds": v_seeds, "baseline_seeds": b_seeds, "core_s": core})
+    return plan
+
+
 def _metric_of(run: dict, metric: str, split: str):
     values = run.get("test") if split == "test" else run.get("val")
     v = (values or {}).get(metric)

@@ -246,6 +246,79 @@ def test_gain_curve_pairs_a_crop_mode_against_the_baselines_last_head():
     assert [r["mean"] for r in same] == pytest.approx([5, 11])
 
 
+def test_seed_plan_lists_what_the_seed_rule_still_asks_for(sweep):
+    """fgnb.results.seed_plan (``bench/sweep.py --plan``): cells that meet the rule are left out,
+    the others ask for seeds_needed(sd) and take the seeds whose other half is trained first."""
+    from fgnb.results import seed_plan, seeds_needed
+
+    def run(point, variant, seed, acc, crop=None, wall=None):
+        return {"point": point, "variant": variant, "seed": seed, "train_wall_s": wall,
+                "test": {"top1_last": acc, "top1_crop": acc if crop is None else crop}}
+
+    runs = [run(p, "last", s, 0.5, wall=100.0 + s) for p in (32, 64) for s in range(6)]
+    runs += [run(32, "A", s, 0.5 + d / 100, wall=400.0) for s, d in enumerate([1, 2, 1, 2])]  # meets the rule
+    runs += [run(64, "A", s, 0.5 + d / 100, wall=300.0 + 100 * s) for s, d in zip([0, 1, 2], [0, 6, -6])]
+    runs += [run(64, "A", 7, 0.9, wall=600.0)]  # no `last` seed 7 yet
+    runs += [run(96, "A", 0, 0.9)]  # a point without any `last` run, untimed
+    # B: its global view varies seed by seed, its crop mode is 5 points above `last` on each seed
+    runs += [run(32, "B", s, 0.5 + d / 100, crop=0.55) for s, d in enumerate([-9, 9, -9, 9])]
+    res = {"kind": "sweep", "variants": {"last": {}, "A": {}, "B": {}},
+           "points": [{"point": 32}, {"point": 64}, {"point": 96}], "runs": runs}
+
+    plan = seed_plan(res, {"A": "top1_last", "B": "top1_crop"})
+    # B's crop mode meets the rule at 32 px (sd 0); a point where a variant has no run asks for 4
+    assert [(r["point"], r["variant"]) for r in plan] == [(64, "A"), (96, "A"), (64, "B"), (96, "B")]
+    r64, r96, b64, _ = plan
+    assert (b64["n"], b64["seeds"], b64["variant_seeds"], b64["baseline_seeds"]) == (0, [0, 1, 2, 3], [0, 1, 2, 3], [])
+    asks = seeds_needed(6.0, 1.5, least=4)
+    assert (r64["n"], r64["asks"]) == (3, asks) and asks > 40
+    # `last` has 3, 4, 5 (only A to train), A has 7 (only `last`), then unused seeds from 6 on
+    assert r64["seeds"][:5] == [3, 4, 5, 7, 6] and len(r64["seeds"]) == asks - 3
+    assert r64["variant_seeds"] == [s for s in r64["seeds"] if s not in (0, 1, 2, 7)]
+    assert r64["baseline_seeds"] == [s for s in r64["seeds"] if s > 5]
+    a_mean, last_mean = (300 + 400 + 500 + 600) / 4, (100 + 101 + 102 + 103 + 104 + 105) / 6
+    assert r64["core_s"] == pytest.approx(len(r64["variant_seeds"]) * a_mean + len(r64["baseline_seeds"]) * last_mean)
+    assert (r96["n"], r96["asks"], r96["seeds"], r96["variant_seeds"], r96["baseline_seeds"], r96["core_s"]) == \
+        (0, 4, [0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3], None)
+    # B's global view (sd 10.4 over 4 seeds) is short of the rule; with a wide rule A at 64 px
+    # only lacks the floor of 4 seeds: one more, the one `last` already has
+    assert (32, "B") in [(r["point"], r["variant"]) for r in seed_plan(res, {"B": "top1_last"})]
+    wide = seed_plan(res, {"A": "top1_last"}, half_width=20)[0]
+    assert (wide["point"], wide["asks"], wide["seeds"], wide["baseline_seeds"]) == (64, 4, [3], [])
+    with pytest.raises(ValueError, match="sweep"):
+        seed_plan({"kind": "ablation", "runs": []})
+
+
+def test_plan_command_resumes_with_the_files_own_options(sweep):
+    sweep_mod, _ = sweep
+    cmd = ("python bench/sweep.py --out o.json --runs-dir r --jobs 1 --set model=vit_tiny_patch16_224 patch_size=4 "
+           "--points 48 --seeds 2 --variants last progressive+crop --threads 1")
+    assert sweep_mod.plan_command(cmd, 96, [5, 6], ["progressive+crop", "last"]) == (
+        "python bench/sweep.py --out o.json --runs-dir r --jobs 1 --set model=vit_tiny_patch16_224 patch_size=4 "
+        "--threads 1 --points 96 --seeds 5 6 --variants progressive+crop last")
+
+
+def test_plan_option_prints_the_cells_and_trains_nothing(sweep, tmp_path, capsys, monkeypatch):
+    sweep_mod, ablation = sweep
+    monkeypatch.setattr(ablation, "run_plan", lambda *a, **k: pytest.fail("--plan trained"))
+    runs = [{"point": 32, "variant": v, "seed": s, "train_wall_s": 10.0, "test": {"top1_last": 0.5 + (v != "last") * d}}
+            for s, d in enumerate([0.0, 0.2, -0.2]) for v in ("last", "progressive+crop")]
+    out = tmp_path / "s.json"
+    out.write_text(json.dumps({"kind": "sweep", "command": f"python bench/sweep.py --out {out} --points 32 --seeds 0",
+                               "variants": {"last": {}, "progressive+crop": {}}, "points": [{"point": 32}],
+                               "runs": runs}))
+    assert sweep_mod.main(["--plan", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    asks = __import__("fgnb.results", fromlist=["x"]).seeds_needed(20.0, 1.5, least=4)
+    assert f"32 px  progressive+crop (top1_last): n=3, +-" in text and f"asks for {asks}" in text
+    assert f"--out {out} --points 32 --seeds {' '.join(map(str, range(3, asks)))} --variants progressive+crop last" in text
+    runs[3]["test"]["top1_last"] = runs[5]["test"]["top1_last"] = 0.5  # d = 0, 0, 0 and a fourth seed
+    runs += [{**runs[0], "seed": 3}, {**runs[1], "seed": 3}]
+    out.write_text(json.dumps({**json.loads(out.read_text()), "runs": runs}))
+    sweep_mod.main(["--plan", "--out", str(out)])
+    assert "every cell of progressive+crop meets the seed rule" in capsys.readouterr().out
+
+
 def test_gain_plot_draws_each_gain_and_interval_where_the_rows_say():
     import matplotlib
 
