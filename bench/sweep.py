@@ -53,10 +53,6 @@ FIXED = dict(source_size=256)
 #: options given in input pixels at the ablation's 64 px, scaled with the point so that they keep
 #: their share of the view (``min_crop=16``, a quarter of the side, is 8 px at 32 and 24 at 96)
 SCALED = ("min_crop",)
-#: the curve's cells held to the seed rule (chapter 9), each with the metric it is compared on
-#: against ``last``'s ``top1_last``: the chosen box in its crop mode (global + crop view)
-RULE_CELLS = {"last:3steps": "top1_last", "summed": "top1_last", "progressive": "top1_last",
-              "progressive+crop": "top1_last", "progressive+crop:min16+margin0.5": "top1_crop"}
 
 
 def point_options(variant: str, point: int) -> dict:
@@ -138,11 +134,11 @@ def plan_command(command: str, point: int, seeds: list[int], variants: list[str]
 
 def print_plan(out: str) -> int:
     """``--plan``: what the file at ``out`` still has to train (``fgnb.results.seed_plan`` on
-    :data:`RULE_CELLS`), and the commands that resume it."""
-    from fgnb.results import load_results, seed_plan
+    the cells of ``fgnb.results.RULE_CELLS`` it holds), and the commands that resume it."""
+    from fgnb.results import load_results, rule_cells, seed_plan
 
     results = load_results(out)
-    cells = {v: m for v, m in RULE_CELLS.items() if v in (results.get("variants") or {})}
+    cells = rule_cells(results)
     plan = seed_plan(results, cells)
     if not plan:
         print(f"{out}: every cell of {', '.join(cells)} meets the seed rule (+-1.5 points, 4 seeds at least)")

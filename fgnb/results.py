@@ -272,6 +272,19 @@ def seeds_needed(sd: float, half_width: float = 1.5, confidence: float = 0.95, m
     raise ValueError(f"more than {most} seeds needed for sd={sd} and half_width={half_width}")
 
 
+#: The sweep's curve cells held to the seed rule (chapter 9; ``bench/sweep.py --plan``): each
+#: variant with the metric its paired gain over ``last``'s ``top1_last`` is read on. The chosen
+#: box in its crop mode (global + crop view averaged), the others on their deepest head.
+RULE_CELLS = {"last:3steps": "top1_last", "summed": "top1_last", "progressive": "top1_last",
+              "progressive+crop": "top1_last", "progressive+crop:min16+margin0.5": "top1_crop"}
+
+
+def rule_cells(results: dict) -> dict[str, str]:
+    """The :data:`RULE_CELLS` that a sweep's results file holds ({variant: metric})."""
+    held = results.get("variants") or {}
+    return {v: m for v, m in RULE_CELLS.items() if v in held}
+
+
 def seed_plan(results: dict, cells: dict[str, str] | None = None, baseline: str = "last", split: str = "test",
               half_width: float = 1.5, least: int = 4) -> list[dict]:
     """What a sweep (``bench/sweep.py``) still has to train for the seed rule (chapters 8 and 9):
@@ -279,8 +292,8 @@ def seed_plan(results: dict, cells: dict[str, str] | None = None, baseline: str 
     fewer than ``least`` seeds, with the seeds its measured spread asks for,
     ``asks`` = :func:`seeds_needed` (sd, half_width, least) (``least`` when there is no spread yet).
 
-    ``cells``: {variant: its metric}, compared with the baseline's ``top1_last`` (default: every
-    variant of the file on ``top1_last``). The next seeds are taken where half the pair is already
+    ``cells``: {variant: its metric}, compared with the baseline's ``top1_last`` (default: the
+    file's :func:`rule_cells`, the curve of chapter 9). The next seeds are taken where half the pair is already
     trained (the baseline's seeds first, then the variant's), then the smallest unused ones.
     ``core_s`` estimates the single-core seconds of the runs to train from the mean
     ``train_wall_s`` of the same point and variant (None without a timed run); a baseline run
@@ -290,7 +303,7 @@ def seed_plan(results: dict, cells: dict[str, str] | None = None, baseline: str 
     if results.get("kind") != "sweep":
         raise ValueError("seed_plan needs the results of bench/sweep.py (kind 'sweep')")
     if cells is None:
-        cells = {v: "top1_last" for v in results.get("variants") or {} if v != baseline}
+        cells = rule_cells(results)
     runs = results.get("runs", [])
 
     def trained(point, variant, metric):

@@ -289,6 +289,23 @@ def test_seed_plan_lists_what_the_seed_rule_still_asks_for(sweep):
         seed_plan({"kind": "ablation", "runs": []})
 
 
+def test_rule_cells_are_the_sweeps_curve_and_seed_plans_default(sweep):
+    """The curve's cells held to the rule live in one place (fgnb.results.RULE_CELLS), read by
+    ``--plan`` and chapter 9: each is a sweep variant; the chosen box is read in its crop mode."""
+    from fgnb.results import RULE_CELLS, rule_cells, seed_plan
+
+    sweep_mod, _ = sweep
+    assert set(RULE_CELLS) <= set(sweep_mod.SWEEP_VARIANTS) and "last" not in RULE_CELLS
+    assert RULE_CELLS["progressive+crop:min16+margin0.5"] == "top1_crop" and RULE_CELLS["progressive+crop"] == "top1_last"
+    # a file with `last`, the chosen box and a variant outside the curve: only the chosen box is planned
+    runs = [{"point": 32, "variant": v, "seed": 0, "test": {"top1_last": 0.5, "top1_crop": 0.6}}
+            for v in ("last", "progressive+crop:min16+margin0.5", "other")]
+    res = {"kind": "sweep", "variants": {"last": {}, "other": {}, "progressive+crop:min16+margin0.5": {}},
+           "points": [{"point": 32}], "runs": runs}
+    assert rule_cells(res) == {"progressive+crop:min16+margin0.5": "top1_crop"}
+    assert [(r["variant"], r["metric"]) for r in seed_plan(res)] == [("progressive+crop:min16+margin0.5", "top1_crop")]
+
+
 def test_plan_command_resumes_with_the_files_own_options(sweep):
     sweep_mod, _ = sweep
     cmd = ("python bench/sweep.py --out o.json --runs-dir r --jobs 1 --set model=vit_tiny_patch16_224 patch_size=4 "
