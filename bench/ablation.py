@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import REPO, command_line, git_commit, machine_info, utc_now, write_json  # noqa: E402
-from fgnb.config import option_differences  # noqa: E402
+from fgnb.config import option_differences, options_tagged  # noqa: E402
 
 #: name -> options on top of the base config. Order = table order. Every crop variant uses the
 #: protocol's defaults unless it names another: joint crop update (R steps per batch, as
@@ -165,7 +165,7 @@ def _check_same_run(out: pathlib.Path, cfg_dict: dict) -> None:
     saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
     if not isinstance(saved, dict):
         raise ValueError(f"{out} has test metrics but no readable config.yaml; remove it or use another --runs-dir")
-    diff = option_differences(saved, cfg_dict, ignore={"out", "resume", "progress"})
+    diff = option_differences(saved, cfg_dict, ignore=options_tagged("setup"))
     if diff:
         shown = ", ".join(f"{k}: {a!r} there, {b!r} requested" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"{out} holds a finished run with other options ({shown}); "
@@ -239,16 +239,16 @@ def dataset_info(cfg) -> dict:
     root = cfg.data_root
     if root is None:  # the generator's cache folder for these parameters (generated here if missing)
         from fgnb.synthetic import ensure_synthetic
-        from fgnb.train import _synthetic_params
-        root = ensure_synthetic(**_synthetic_params(cfg))
+        from fgnb.loaders import synthetic_params
+        root = ensure_synthetic(**synthetic_params(cfg))
     meta = pathlib.Path(root) / "meta.json"
     params = json.loads(meta.read_text()).get("params") if meta.exists() else None
     return {"dataset": "synthetic", "data_root": str(root), "params": params}
 
 
 def _run_options(cfg_dict: dict) -> dict:
-    """A run's options without where it was written and how it printed."""
-    return {k: v for k, v in cfg_dict.items() if k not in ("out", "resume", "progress")}
+    """A run's options without its set-up (where and how it was done: TrainConfig's ``setup`` options)."""
+    return {k: v for k, v in cfg_dict.items() if k not in options_tagged("setup")}
 
 
 def run_folder(runs_dir, variant: str, seed: int) -> pathlib.Path:

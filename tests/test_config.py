@@ -121,7 +121,7 @@ def test_seeds_up_to_the_limit_train_items():
     """The largest valid seed still seeds every item (no overflow inside torch)."""
     import torch
 
-    from fgnb.train import SeededItems
+    from fgnb.loaders import SeededItems
 
     class Items(torch.utils.data.Dataset):
         def __len__(self):
@@ -140,7 +140,8 @@ def test_seeds_up_to_the_limit_train_items():
 def test_what_only_the_run_can_check_is_named(tmp_path):
     """Values that need the data or the model: an empty data folder, more targets than
     the model's own depth. Clear errors naming the folder / option, not torch's."""
-    from fgnb.train import build_model, train
+    from fgnb.pretrained import build_model
+    from fgnb.train import train
 
     (tmp_path / "empty").mkdir()
     run = {**BASE, "dataset": "folder", "data_root": str(tmp_path / "empty"), "out": str(tmp_path / "run")}

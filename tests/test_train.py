@@ -8,7 +8,9 @@ import torch
 
 from fgnb.cli import main as cli
 from fgnb.config import ConfigError, TrainConfig, load_config
-from fgnb.train import default_workers, load_checkpoint, load_model, train, warmup_cosine
+from fgnb.checkpoints import load_checkpoint, load_model
+from fgnb.devices import default_workers
+from fgnb.train import train, warmup_cosine
 
 TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,  # from scratch, small
             synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
@@ -151,7 +153,7 @@ def test_config_errors():
         TrainConfig(depth=12)
     with pytest.raises(ConfigError, match="choose one"):
         TrainConfig(pretrained=True)
-    from fgnb.train import build_model
+    from fgnb.pretrained import build_model
     with pytest.raises(ValueError, match="multiple of 4"):  # the default plain ViT: 4 x 4 pixel patches
         build_model(TrainConfig(img_size=62, weights=None), 3)
     from fgnb.config import SYNTHETIC_ARCH
@@ -250,7 +252,7 @@ def test_verify_data_checks_every_image_before_training(tmp_path, capsys):
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
-    from fgnb.train import build_model
+    from fgnb.pretrained import build_model
 
     train(cfg(tmp_path, epochs=1))
     good = tmp_path / "run" / "last.pt"
@@ -297,7 +299,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "vit_base_patch16_224.orig_in21k"])
 def test_normalisation_is_the_weights_own(name):
     from fgnb.model import create_model
-    from fgnb.train import normalisation
+    from fgnb.loaders import normalisation
 
     dc = create_model(name, num_classes=2, img_size=32, patch_size=8, depth=1, targets=1).data_config()
     assert normalisation(name) == (tuple(dc["mean"]), tuple(dc["std"]))
@@ -319,8 +321,7 @@ def test_default_workers_rule():
 @pytest.mark.real_default_workers
 @pytest.mark.parametrize("workers", [None, 0])
 def test_every_loader_gets_the_resolved_worker_count(tmp_path, monkeypatch, workers):
-    T = importlib.import_module("fgnb.train")
-    monkeypatch.setattr(T, "default_workers", lambda device_type, cores=None, processes=1: 2)
+    monkeypatch.setattr(importlib.import_module("fgnb.devices"), "default_workers", lambda device_type, cores=None, processes=1: 2)
     seen = []
     real = torch.utils.data.DataLoader.__init__
 
