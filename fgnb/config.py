@@ -268,7 +268,16 @@ class TrainConfig:
                               "is generated locally (synthetic) or is your own folder (folder)")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
             raise ConfigError(f"checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
+        self._checked = self._values()
         return self
+
+    def _values(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=repr)
+
+    def checked(self) -> "TrainConfig":
+        """``self``, validated again only if an option was set after its last validation (every
+        config is validated when it is made): a run validates its options once."""
+        return self if getattr(self, "_checked", None) == self._values() else self.validate()
 
     def synthetic_arch(self) -> dict | None:
         """The shipped backbone architecture (an entry of ``SYNTHETIC_ARCHS``) this model has, or None."""
@@ -335,6 +344,10 @@ class TrainConfig:
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
     """Read a YAML (or JSON) file of options."""
+    return TrainConfig.from_dict(_read_options(path), source=os.fspath(path))
+
+
+def _read_options(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
@@ -342,7 +355,7 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         data = yaml.safe_load(f) if not path.endswith(".json") else json.load(f)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
-    return TrainConfig.from_dict(data, source=path)
+    return data
 
 
 def _parse_value(text: str, default, name: str):
@@ -383,6 +396,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    return base.replace(**overrides).validate()
+    """The ``--config`` file's options, then the flags', made into one config (validated once)."""
+    path = getattr(args, "config", None)
+    options = _read_options(path) if path else {}
+    options.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    return TrainConfig.from_dict(options, source=os.fspath(path) if path else "command line")

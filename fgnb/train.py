@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
     would (tests of ``resume`` use it); ``stop_after_batch=(epoch, batch)`` (1-based) ends it
     inside an epoch, after writing the checkpoint that ``checkpoint_minutes`` would write.
     """
-    cfg = cfg.validate()
+    cfg = cfg.checked()  # (made valid; validated again only if an option was set since)
     device = select_device(cfg.device)
     dist.init_from_env(device.type)
     out = pathlib.Path(cfg.out)

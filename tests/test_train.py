@@ -201,6 +201,22 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert "overlay:" in text and (tmp_path / "pred" / (img.stem + ".attention.png")).is_file()
 
 
+def test_a_cli_run_validates_its_options_once(tmp_path, monkeypatch, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**TINY, "epochs": 1, "limit_batches": 1}.items()))
+    calls, real = [], TrainConfig.validate
+    monkeypatch.setattr(TrainConfig, "validate", lambda self: (calls.append(self.out), real(self))[1])
+    assert cli(["train", "--config", str(y), "--out", str(tmp_path / "cli"), "--strategy", "last"]) == 0
+    assert calls == [str(tmp_path / "cli")]  # the file's options and the flags' made into one config, checked once
+
+
+def test_an_option_set_after_the_config_was_made_is_still_checked(tmp_path):
+    c = cfg(tmp_path, epochs=1)
+    c.batch_size = 0  # a dataclass: nothing stops this, but train() validates it again
+    with pytest.raises(ConfigError, match="batch_size must be > 0"):
+        train(c)
+
+
 def test_checkpoint_class_mismatch_is_explained(tmp_path):
     train(cfg(tmp_path, epochs=1))
     state = load_checkpoint(tmp_path / "run" / "last.pt")
