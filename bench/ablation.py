@@ -246,7 +246,7 @@ def dataset_info(cfg) -> dict:
     return {"dataset": "synthetic", "data_root": str(root), "params": params}
 
 
-def _run_options(cfg_dict: dict) -> dict:
+def run_options(cfg_dict: dict) -> dict:
     """A run's options without its set-up (where and how it was done: TrainConfig's ``setup`` options)."""
     return {k: v for k, v in cfg_dict.items() if k not in options_tagged("setup")}
 
@@ -331,7 +331,7 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
 
     def record(k, row, seconds):
         row.setdefault("commit", commit)
-        row.update(dict(zip(key, k)), out=cfgs[k]["out"], config=_run_options(cfgs[k]))
+        row.update(dict(zip(key, k)), out=cfgs[k]["out"], config=run_options(cfgs[k]))
         test = row["test"]
         print(f"[{utc_now()}]   done {name(k)}: {'skipped (done)' if row['skipped'] else f'{seconds:.0f} s'}: "
               + ", ".join(f"{m}={test[m]:.3f}" for m in METRICS if isinstance(test.get(m), float)), flush=True)
@@ -346,7 +346,7 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
     for k in list(plan):  # runs the results file already holds with the same options
         row = previous.get(k)
         # (an option added to fgnb since the row was written counts as its default)
-        if row is not None and not option_differences(row["config"], _run_options(cfgs[k])):
+        if row is not None and not option_differences(row["config"], run_options(cfgs[k])):
             record(k, {**row, "skipped": True}, 0.0)
             plan.remove(k)
     if jobs <= 1:
