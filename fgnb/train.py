@@ -1,4 +1,5 @@
-"""The training loop, read top to bottom: data, model, optimizer, epochs, checkpoints.
+"""The training loop, read top to bottom: :func:`train` first (data, model, optimizer, epochs,
+test), then the steps it names (the batch step, an epoch, its end, the test).
 
 Chapters 5 to 8 run it. One call, :func:`train`, does a whole run and never loses one:
 every epoch ends with an atomic checkpoint and metrics files (:mod:`fgnb.checkpoints`), a
@@ -36,6 +37,65 @@ from .pretrained import build_model
 from .strategies import StepContext, make_strategy
 
 __all__ = ["train", "BatchStep", "make_optimizer", "warmup_cosine"]
+
+
+# ----------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
+          stop_after_batch: tuple[int, int] | None = None) -> dict:
+    """Train as ``cfg`` says; returns {'history', 'test', 'out', 'best_epoch', 'interrupted', 'skipped'}.
+
+    ``stop_after_epoch`` ends the call after that epoch's checkpoint, as an interruption
+    would (tests of ``resume`` use it); ``stop_after_batch=(epoch, batch)`` (1-based) ends it
+    inside an epoch, after writing the checkpoint that ``checkpoint_minutes`` would write.
+    """
+    cfg = cfg.checked()  # (made valid; validated again only if an option was set since)
+    device = select_device(cfg.device)
+    dist.init_from_env(device.type)
+    out = pathlib.Path(cfg.out)
+    if (out / "last.pt").exists() and not cfg.resume:
+        raise FileExistsError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    _seed_everything(cfg.seed)
+
+    # Data, normalised as the chosen timm weights expect. (cfg keeps workers=None: a resume resolves it again.)
+    workers = loader_workers(cfg, device.type)
+    data = build_data(cfg, *normalisation(cfg.model), workers)
+    # Unreadable files left out or passed over (on_error=skip): path -> None, in order.
+    skipped = dict.fromkeys(p for ds in data.values() if ds is not None for p in ds.skipped)
+
+    # Model (seeded again: the same start whatever the data's preparation drew), and its loaders.
+    _seed_everything(cfg.seed)
+    model = build_model(cfg, data["train"].num_classes).to(device)
+    dist.broadcast_parameters(model)
+    items = SeededItems(data["train"], cfg.seed)
+    sampler = EpochBatchSampler(len(items), cfg.batch_size, cfg.seed, dist.rank(), dist.world_size())
+    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, num_workers=workers)
+    eval_sets = {k: eval_loader(data[k], cfg, workers) for k in ("val", "test") if data[k] is not None}
+
+    # Optimisation: the batch step, and the learning rate per batch (warm-up, then cosine).
+    step = BatchStep(cfg, model, device)
+    steps_per_epoch = len(sampler) if cfg.limit_batches is None else min(len(sampler), cfg.limit_batches)
+    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(step.optimizer, lambda s: warmup_cosine(s, total, warmup))
+
+    run = Run(cfg, device, data, items, sampler, loader, eval_sets, step, scheduler, steps_per_epoch, skipped)
+    if cfg.resume and (out / "last.pt").exists():
+        _resume(run, out / "last.pt")
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    run.every, run.last_save = checkpoint_interval(cfg, device), time.monotonic()  # checkpoints inside an epoch
+
+    show = cfg.progress and dist.is_main()
+    for epoch in tqdm(range(run.start_epoch, cfg.epochs), desc="epochs", disable=not show,
+                      initial=run.start_epoch, total=cfg.epochs):
+        _seed_everything(cfg.seed * 1000 + epoch)  # every random draw of an epoch: (seed, epoch) only
+        row = _train_epoch(run, epoch, stop_after_batch)
+        if row is None:  # stopped inside the epoch, as an interruption would
+            return run.result(None, interrupted=True)
+        _end_epoch(run, epoch, row)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            return run.result(None, interrupted=True)
+    return run.result(_test(run), interrupted=False)
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -269,62 +329,3 @@ def _test(run: Run) -> dict:
             print(f"{len(skipped)} unreadable image{'s' * (len(skipped) > 1)} skipped (on_error=skip): "
                   f"listed in {out / 'skipped.txt'}")
     return test
-
-
-# ----------------------------------------------------------------------------- the run
-def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
-          stop_after_batch: tuple[int, int] | None = None) -> dict:
-    """Train as ``cfg`` says; returns {'history', 'test', 'out', 'best_epoch', 'interrupted', 'skipped'}.
-
-    ``stop_after_epoch`` ends the call after that epoch's checkpoint, as an interruption
-    would (tests of ``resume`` use it); ``stop_after_batch=(epoch, batch)`` (1-based) ends it
-    inside an epoch, after writing the checkpoint that ``checkpoint_minutes`` would write.
-    """
-    cfg = cfg.checked()  # (made valid; validated again only if an option was set since)
-    device = select_device(cfg.device)
-    dist.init_from_env(device.type)
-    out = pathlib.Path(cfg.out)
-    if (out / "last.pt").exists() and not cfg.resume:
-        raise FileExistsError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
-    _seed_everything(cfg.seed)
-
-    # Data, normalised as the chosen timm weights expect. (cfg keeps workers=None: a resume resolves it again.)
-    workers = loader_workers(cfg, device.type)
-    data = build_data(cfg, *normalisation(cfg.model), workers)
-    # Unreadable files left out or passed over (on_error=skip): path -> None, in order.
-    skipped = dict.fromkeys(p for ds in data.values() if ds is not None for p in ds.skipped)
-
-    # Model (seeded again: the same start whatever the data's preparation drew), and its loaders.
-    _seed_everything(cfg.seed)
-    model = build_model(cfg, data["train"].num_classes).to(device)
-    dist.broadcast_parameters(model)
-    items = SeededItems(data["train"], cfg.seed)
-    sampler = EpochBatchSampler(len(items), cfg.batch_size, cfg.seed, dist.rank(), dist.world_size())
-    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, num_workers=workers)
-    eval_sets = {k: eval_loader(data[k], cfg, workers) for k in ("val", "test") if data[k] is not None}
-
-    # Optimisation: the batch step, and the learning rate per batch (warm-up, then cosine).
-    step = BatchStep(cfg, model, device)
-    steps_per_epoch = len(sampler) if cfg.limit_batches is None else min(len(sampler), cfg.limit_batches)
-    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(step.optimizer, lambda s: warmup_cosine(s, total, warmup))
-
-    run = Run(cfg, device, data, items, sampler, loader, eval_sets, step, scheduler, steps_per_epoch, skipped)
-    if cfg.resume and (out / "last.pt").exists():
-        _resume(run, out / "last.pt")
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.yaml", lambda tmp: pathlib.Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-    run.every, run.last_save = checkpoint_interval(cfg, device), time.monotonic()  # checkpoints inside an epoch
-
-    show = cfg.progress and dist.is_main()
-    for epoch in tqdm(range(run.start_epoch, cfg.epochs), desc="epochs", disable=not show,
-                      initial=run.start_epoch, total=cfg.epochs):
-        _seed_everything(cfg.seed * 1000 + epoch)  # every random draw of an epoch: (seed, epoch) only
-        row = _train_epoch(run, epoch, stop_after_batch)
-        if row is None:  # stopped inside the epoch, as an interruption would
-            return run.result(None, interrupted=True)
-        _end_epoch(run, epoch, row)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
-            return run.result(None, interrupted=True)
-    return run.result(_test(run), interrupted=False)
