@@ -59,7 +59,7 @@ VARIANTS = {
     "progressive+crop:margin": dict(strategy="progressive", crop=True, crop_margin=0.5, min_crop=16),
     "progressive+crop:warmup": dict(strategy="progressive", crop=True, crop_warmup_epochs=1),
     # Where does the oracle's gain go? The crop trained with the last head only, jointly (w = 1/2)
-    # and on the crop view alone (w = 1, selected on the crop view: the set-up of METHOD.md's
+    # and on the crop view alone (w = 1, selected on the crop view: the set-up of the
     # headroom measurement).
     "last+crop": dict(strategy="last", crop=True),
     "last+crop:oracle": dict(strategy="last", crop=True, crop_boxes="oracle"),
