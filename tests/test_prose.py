@@ -61,7 +61,7 @@ ALLOWED = {
     "1.1": "CUB archive size in GB (a property of the download)",
     "1.5 x": "a threshold scale the chapters try (a setting, not a result)",
     "4 x": "source_size default: 4 x the input side",
-    "2.5 times": "(4 + 5 + 6) / 6 for targets 3, 4, 5 of 6 blocks: arithmetic, derived in chapter 5",
+    "2.5 times": "(4 + 5 + 6) / 6 for target layers 4, 5, 6 of 6: arithmetic, derived in chapter 5",
     "1.5 points": "the target half-width of the ablation's intervals (a goal, set before the runs)",
     "5 points": "the rule for the CPU profile's backbone (issue 12): the plain ViT becomes the default within 5 points of the hybrid, set before the runs",
     "0.5-2 points": "how much lower users of the published code bases report reproducing them (cited)",
