@@ -190,7 +190,8 @@ FORBIDDEN_IN_CODE = {
     r"^\s*P\s*=\s*(?:fgnb\.book\.)?profile\(": "the run profile is `opts` (P is the patch side)",
     r"LOSS_": "the loss of target r is ell_r in formulas, 'loss r' in printed labels",
     r"\(0-based\)": "layers, heads and targets are counted from 1 wherever a reader sees them",
-    r"set_title\(f\"(?:head \{h\}|block \{l\})\"": "figure labels count heads and layers from 1 (h + 1, l + 1)",
+    r"f\"[^\"\n]*\b(?:block|head|layer)s? \{(?![^}]*\+ 1\b)[^}]*\}": "labels count layers and heads from 1 "
+                                                                    "(f'layer {l + 1}', f'head {h + 1}')",
 }
 #: chapters left out of the code check, with the reason (each is a follow-up)
 CODE_NOTATION_EXEMPT = {
@@ -203,9 +204,11 @@ def test_notation_check_catches_old_spellings():
     for m in old:
         assert any(re.search(p, m) for p in FORBIDDEN_IN_MATH), m
     assert any(re.search(p, "$R = \\hat A_L \\cdots \\hat A_1$") for p in FORBIDDEN_IN_MATH)
-    for line in ['P = fgnb.book.profile(profile, data_root)', 'print(f"LOSS_{r + 1}")', 'ax.set_title(f"head {h}")']:
+    for line in ['P = fgnb.book.profile(profile, data_root)', 'print(f"LOSS_{r + 1}")', 'ax.set_title(f"head {h}")',
+                 'print(f"blocks {model.target_layers}")']:
         assert any(re.search(p, line, re.M) for p in FORBIDDEN_IN_CODE), line
-    for line in ['opts = fgnb.book.profile(profile, data_root)', 'ax.set_title(f"head {h + 1}")', 'P = model.patch_size']:
+    for line in ['opts = fgnb.book.profile(profile, data_root)', 'ax.set_title(f"head {h + 1}")', 'P = model.patch_size',
+                 'print(f"layer {LAYERS[r] + 1}")']:
         assert not any(re.search(p, line, re.M) for p in FORBIDDEN_IN_CODE), line
     new = ["$\\ell_r$", "$p_i = E x_i + b$", "$\\Pi_i = \\prod_h a^h_i$", "$K = (h/P)(w/P)$", "$c_l$", "$h \\times w$"]
     for m in new:
