@@ -34,6 +34,13 @@ of the option's crop (``reader_top1``), the share of the crop's headroom it keep
 against the literal rule, where the box is (``part_iou``, the cue coverage ``cue_*``) and its
 ``box_area`` (chapter 6).
 
+``family_against(results)``: every variant of an ablation against ``last``, each in the metric
+its row is reported in (``reported_metric``: the crop mode for a variant whose checkpoint is
+chosen on it), with its paired t p-value and Holm's correction over the whole family (``holm``,
+a pure function of the p-values). ``seed_plan(results)``: what the seed rule, read on validation,
+still asks a sweep or an ablation to train. ``provenance(row)``: a row's commit and tree state in
+words, "unknown" where the row does not record them.
+
 ``speed_table(results, markdown=False)``: one row per measured item, ``{'section',
 'item', 'ratio', 'ideal', 'ratio/ideal', 'value', 'unit'}``: training step cost and peak
 memory per strategy against a plain timm ViT step, CLS-attention capture against timm's
