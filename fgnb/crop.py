@@ -19,7 +19,7 @@ __all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_l
 #: ``random`` (a box of the attention box's size at a uniformly random place: a lower bound).
 CROP_BOXES = ("attention", "oracle", "random")
 
-#: Which attention drives the crop (METHOD.md leaves it open):
+#: Which attention drives the crop (the text leaves it open, book/method.md):
 #: ``last`` the deepest target layer's head product; ``cumulative`` the product over heads
 #: and all layers up to the deepest target; ``per_layer`` one crop per target layer from the
 #: cumulative product up to it (the multi-scale variant); ``rollout`` attention rollout.
