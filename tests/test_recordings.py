@@ -14,17 +14,11 @@ TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weight
             depth=3, batch_size=6, epochs=2, warmup_epochs=0.5, progress=False, val_fraction=0.25, workers=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def data_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FGNB_DATA", str(tmp_path_factory.mktemp("fgnb_data")))
-    yield
-    mp.undo()
-
-
 @pytest.fixture
 def recordings(tmp_path, monkeypatch):
+    """A folder of recordings of its own, and the tiny data set generated beside it."""
     monkeypatch.setattr(rec, "RECORDED_RUNS", tmp_path / "recorded_runs")
+    monkeypatch.setenv("FGNB_DATA", str(tmp_path / "data"))
     return tmp_path
 
 
