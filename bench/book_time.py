@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     subprocess.run(["git", "clone", "-q", str(REPO), str(book)], check=True)
     # the clone's package, not an installed one, is what the chapters and the train import
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(book), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    res = {"what": "wall seconds from a fresh clone: book build, each chapter, one-chapter rebuild, default train",
+    res = {"kind": "book_time", "schema": 1, "what": "wall seconds from a fresh clone: book build, each chapter, one-chapter rebuild, default train",
            "goal_seconds": GOALS, "command": command_line(), "date": utc_now(),
            "commit": head["commit"], "dirty_checkout": head["dirty"],
            "note": "measured on the committed tree (a clone); dirty_checkout says whether the checkout that "
