@@ -6,7 +6,7 @@
 The box is computed from a trained model's attention; how good it is can be measured
 without training anything: on the validation split (decisions) and the test split, for
 each option of ``BOX_OPTIONS`` (the text's literal rule as the reference row, the options
-METHOD.md leaves open, and the bounds), with every model of ``--models``:
+the text leaves open (book/method.md), and the bounds), with every model of ``--models``:
 
 * where the box is: IoU with the true head box (``part_iou``), the share of images whose
   box holds each cue's centre (``cue_beak``, ``cue_eye``, ``cue_crest``, ``cue_all``:
@@ -14,7 +14,7 @@ METHOD.md leaves open, and the bounds), with every model of ``--models``:
 * what a crop reader makes of it (``reader_top1``): the top-1 of a model trained on crops
   of the *true* head box alone (``--readers``: the ablation's ``last+crop:oracle_only``
   runs) when it is shown this option's crop instead. On the oracle box that is the
-  headroom measured in METHOD.md; on the whole image (``whole``: the global view cut from
+  headroom (book/glossary.md); on the whole image (``whole``: the global view cut from
   the source) it is what zooming adds nothing to. ``(option - whole) / (oracle - whole)``
   is the share of the crop's headroom an option keeps (``headroom``);
 * the model's own inference modes with that box (``top1_crop_only``, ``top1_crop``).

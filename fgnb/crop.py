@@ -20,7 +20,7 @@ __all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_l
 #: ``random`` (a box of the attention box's size at a uniformly random place: a lower bound).
 CROP_BOXES = ("attention", "oracle", "random")
 
-#: Which attention drives the crop (the text leaves it open):
+#: Which attention drives the crop (the text leaves it open, book/method.md):
 #: ``last`` one block's head product (the deepest target layer's, or ``crop_block``'s);
 #: ``cumulative`` the product over heads and over the blocks from the first up to that one
 #: (the text's "multiplied layer over layer"); ``per_layer`` one crop per target layer from

@@ -63,10 +63,10 @@ def attention_grid(attn: torch.Tensor, grid, image: np.ndarray | None = None, ti
     for i, ax in enumerate(axes.flat):
         if i < n:
             if image is not None:
-                overlay(ax, image, attn[i], grid, title=titles[i] if titles else f"head {i}")
+                overlay(ax, image, attn[i], grid, title=titles[i] if titles else f"head {i + 1}")
             else:
                 ax.imshow(attn[i].detach().float().cpu().view(*grid), cmap="inferno")
-                ax.set_title(titles[i] if titles else f"head {i}", fontsize=9)
+                ax.set_title(titles[i] if titles else f"head {i + 1}", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
     return fig

@@ -35,9 +35,9 @@ def test_toc_has_all_chapters():
     expected = [f"notebooks/{n}" for n in (
         "01_fine_grained_data", "02_patches_and_tokens", "03_cls_attention",
         "04_head_product_threshold", "05_progressive_training", "06_attention_crop",
-        "07_full_training_gpu", "08_results_ablations", "09_when_zooming_helps")]
+        "07_full_training_gpu", "08_results_ablations", "09_when_zooming_helps", "appendix_full_results")]
     assert [e for e in TOC_FILES if e.startswith("notebooks/")] == expected
-    for page in ("setup", "notation", "dataset", "glossary", "references", "multi_gpu"):
+    for page in ("setup", "notation", "method", "dataset", "glossary", "references", "multi_gpu"):
         assert f"book/{page}" in TOC_FILES
 
 
