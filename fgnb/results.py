@@ -66,7 +66,7 @@ ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", 
 _T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
          10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314, 16: 2.1199, 17: 2.1098,
          18: 2.1009, 19: 2.0930, 20: 2.0860, 25: 2.0595, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}
-KINDS = ("ablation", "speed", "boxes", "published", "gpu_check", "sweep")
+KINDS = ("ablation", "speed", "boxes", "published", "gpu_check", "sweep", "book_time", "localisation")
 
 
 def _recorded_bases() -> list[pathlib.Path]:
