@@ -181,3 +181,15 @@ def test_another_studys_results_file_does_not_make_the_checkout_dirty(tmp_path, 
     assert common.git_commit(ignore=[tmp_path / "bench" / "results" / "sweep_a.json"])["dirty"] is False
     (tmp_path / "bench" / "sweep.py").write_text("x = 2\n")
     assert common.git_commit(ignore=[tmp_path / "bench" / "results" / "sweep_a.json"])["dirty"] is True
+
+
+def test_a_results_file_outside_the_checkout_leaves_a_changed_script_dirty(tmp_path, monkeypatch):
+    """--out /tmp/x.json: excluding a path outside the checkout must not make git status fail
+    (a failed status once read as a clean tree)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    common = _committed_checkout(repo, monkeypatch, {"bench/boxes.py": "x = 1\n"})
+    outside = tmp_path / "elsewhere" / "boxes.json"
+    assert common.git_commit(ignore=[outside])["dirty"] is False
+    (repo / "bench" / "boxes.py").write_text("x = 2\n")
+    assert common.git_commit(ignore=[outside])["dirty"] is True
