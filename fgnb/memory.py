@@ -1,0 +1,378 @@
+"""Will the run fit the GPU? The peak memory of a training step, known before the run.
+
+Chapter 7 uses it before the full recipe trains. The peak of a step is
+
+    peak = weights + gradients + optimizer state + what autograd saves + the step's temporaries
+
+with the weights, their gradients and the optimizer state P float32 numbers each (P
+parameters; SGD with momentum keeps 1 more tensor per parameter, AdamW 2), and the rest
+proportional to the images in one forward: B for ``last`` and ``summed``, 2B with the joint
+crop update (the global and the crop view in one batch), and a forward only as deep as
+target r for progressive stage r (its stages run one after another, so the deepest one
+sets the peak). Under mixed precision the saved activations are mostly 16-bit, and the
+16-bit copies of the weights that autocast makes are saved too.
+
+Rather than a formula per strategy (which would be wrong the day a strategy changes), the
+plan runs the run's own step, :meth:`fgnb.strategies.UpdateStrategy.step` with the run's
+optimizer, clipping and autocast, on *fake* tensors (``torch._subclasses.FakeTensorMode``:
+shapes and dtypes, no data, no memory, a ViT-B/16 step in a second on a CPU) and keeps the
+running sum of the bytes of every storage alive (:class:`LiveBytes`); the step's peak is the
+largest value of that sum. The same counter runs on real tensors, which is how the tests
+check it against the CPU allocator's own record (``torch.profiler``, ``profile_memory``).
+CUDA's attention kernels (flash / memory-efficient) save O(N) per head, as the CPU's
+flash kernel that the fake step runs does; the AMP dtype is the one ``amp='auto'`` picks
+for the GPU (:func:`fgnb.train.amp_dtype`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import weakref
+from typing import Iterable, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .config import ConfigError, TrainConfig
+
+__all__ = ["LiveBytes", "StepMemory", "DoesNotFit", "step_memory", "plan", "size", "format_plan", "largest_batch", "fits",
+           "usable", "check_fits", "resolve_batch", "GPUS", "CONTEXT_GIB", "HEADROOM", "GiB"]
+
+GiB = 1024**3
+#: total memory of common cards as ``torch.cuda.mem_get_info`` reports it (GiB): the plan's columns
+GPUS = {"16 GB (T4, V100)": 15.0, "24 GB (L4, A10)": 22.0, "40 GB (A100)": 39.4, "80 GB (A100, H100)": 79.2}
+#: what the CUDA context, cuDNN and cuBLAS hold outside torch's allocator on a card (GiB, about)
+CONTEXT_GIB = 0.6
+#: share of the free memory a plan may use: the caching allocator's blocks are never packed
+#: perfectly (torch.cuda.memory_reserved exceeds memory_allocated), so 10 % stays spare
+HEADROOM = 0.9
+#: CUDA's caching allocator rounds every block up to a multiple of 512 bytes
+CUDA_BLOCK = 512
+
+
+class DoesNotFit(ConfigError):
+    """The plan says the run's step needs more memory than the device has free."""
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of every storage the ops inside create, counted until the storage is freed.
+
+    ``now``: bytes alive; ``peak``: the largest ``now`` so far (``reset_peak()`` restarts it).
+    A storage is counted once whatever views of it exist, and freed when its last view is
+    (a weak reference to the storage): exactly the lifetime an allocator sees. ``round_to``:
+    block size of the allocator (CUDA: 512 bytes). With ``scalar``, reading a number out of a
+    tensor (``.item()``, ``bool()``), which fake tensors cannot, returns that value (True for
+    a bool: the finite-loss checks pass), so the real training code runs unchanged.
+    """
+
+    def __init__(self, round_to: int = 1, scalar: float | None = None):
+        super().__init__()
+        self.round_to, self.scalar = round_to, scalar
+        self.sizes: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def track(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self.sizes:
+            return
+        n = -(-st.nbytes() // self.round_to) * self.round_to
+        self.sizes[key] = n
+        self.now += n
+        self.peak = max(self.peak, self.now)
+        weakref.finalize(st, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.now -= self.sizes.pop(key, 0)
+
+    def reset_peak(self) -> None:
+        self.peak = self.now
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.scalar is not None and func is torch.ops.aten._local_scalar_dense.default:
+            t = args[0]
+            return True if t.dtype == torch.bool else float(self.scalar) if t.is_floating_point() else int(self.scalar)
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self.track(t)
+        return out
+
+
+@dataclasses.dataclass
+class StepMemory:
+    """The plan of one setting: its peak and what it is made of (bytes).
+
+    weights, grads, optimizer: P float32 numbers each (optimizer: per state tensor);
+    rest = peak - weights - grads - optimizer: what autograd saved for the batch and the
+    step's temporaries (the peak falls in the backward, when some gradients exist already,
+    so this share is a lower bound of the activations).
+    """
+
+    strategy: str
+    crop: bool
+    batch: int
+    amp: str
+    peak: int
+    weights: int
+    grads: int
+    optimizer: int
+
+    @property
+    def rest(self) -> int:
+        return self.peak - self.weights - self.grads - self.optimizer
+
+    def gib(self) -> float:
+        return self.peak / GiB
+
+
+def size(n: float) -> str:
+    """Bytes for a reader: GiB with one decimal from 1 GiB, else MiB."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 2**20:.1f} MiB"
+
+
+def _amp_name(dtype) -> str:
+    return {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _meta_model(cfg: TrainConfig, num_classes: int):
+    """The run's model with its parameters on the meta device (no memory, no init cost)."""
+    from .train import build_model
+
+    with torch.device("meta"):
+        # weights=None: the shapes are the architecture's; no file is read, nothing downloaded
+        return build_model(cfg.replace(weights=None, pretrained=False), num_classes)
+
+
+def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, device_type: str = "cuda",
+                capability: tuple[int, int] | None = (8, 0), steps: int = 2, fake: bool = True,
+                model=None) -> StepMemory:
+    """The peak bytes of ``steps`` training steps of ``cfg`` (its strategy, crop options,
+    optimizer, clipping) at ``batch`` images per process (default ``cfg.batch_size``).
+
+    ``device_type``/``capability``: the device the run will use (its AMP dtype follows
+    ``cfg.amp`` there as :func:`fgnb.train.amp_dtype` says; ``cuda`` also rounds blocks to
+    512 bytes and uses the optimizer's CUDA (foreach) implementation, whose temporaries
+    are whole lists of tensors). Two steps: the optimizer's state exists from the first
+    step's update on. ``fake=False`` runs real tensors on the CPU (tests, small models;
+    ``model`` then is the model to step, else one is built). The counter starts with the
+    model's weights, so the peak includes them, and nothing from before.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .strategies import StepContext, make_strategy
+    from .train import amp_dtype, make_optimizer, source_size
+
+    batch = int(batch or cfg.batch_size)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    dtype = amp_dtype(device_type, cfg.amp, capability)
+    counter = LiveBytes(round_to=CUDA_BLOCK if device_type == "cuda" else 1, scalar=1.0 if fake else None)
+    if fake:
+        model = _meta_model(cfg, num_classes)
+    elif model is None:
+        from .train import build_model
+
+        model = build_model(cfg.replace(weights=None, pretrained=False), num_classes)
+    with contextlib.ExitStack() as stack:
+        if fake:
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+        stack.enter_context(counter)
+        if fake:
+            model = model.to_empty(device="cpu")  # fake float32 weights, counted
+        else:
+            for p in model.parameters():
+                counter.track(p)
+            for b in model.buffers():
+                counter.track(b)
+        model.train()
+        params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        optimizer = make_optimizer(model, cfg)
+        if device_type == "cuda":
+            for g in optimizer.param_groups:  # what torch picks for CUDA tensors by default
+                g["foreach"] = True
+        per_param = 0 if cfg.optimizer == "sgd" and cfg.momentum == 0 else 1 if cfg.optimizer == "sgd" else 2
+        autocast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype is not None else contextlib.nullcontext
+        scaler = (_StepAlways if fake else torch.amp.GradScaler)("cpu") if dtype == torch.float16 else None
+        ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad,
+                          label_smoothing=cfg.label_smoothing, crop_weight=cfg.crop_weight)
+        strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
+        side = cfg.img_size
+        src = source_size(cfg)
+        counter.reset_peak()
+        for _ in range(steps):
+            x = torch.randn(batch, 3, side, side) if not fake else torch.empty(batch, 3, side, side)
+            y = torch.zeros(batch, dtype=torch.long)
+            _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast)
+            del x, y
+    return StepMemory(cfg.strategy, cfg.crop, batch, _amp_name(dtype), counter.peak, params, params,
+                      per_param * params)
+
+
+class _StepAlways(torch.amp.GradScaler):
+    """A fake step reads every number as 1.0, which a GradScaler would take for an inf gradient and
+    skip the update: this one always updates, as a real run does on all but its rare inf steps."""
+
+    def _maybe_opt_step(self, optimizer, optimizer_state, *args, **kwargs):
+        return optimizer.step(*args, **kwargs)
+
+
+def _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast) -> None:
+    """One batch as fgnb.train's loop trains it: the crop views (boxes from the model before
+    the batch's updates), then ``steps_per_batch`` strategy steps, joint or separate."""
+    from .train import crop_views
+
+    crops = None
+    if cfg.crop:
+        batch = {"label": y}
+        if src is not None:  # the source view is copied to the device for the crop only
+            batch["source"] = torch.zeros(x.shape[0], 3, src, src, dtype=x.dtype)
+        if cfg.crop_boxes == "oracle":
+            batch["part_box"] = torch.tensor([[0.0, 0.0, cfg.img_size / 2, cfg.img_size / 2]]).expand(x.shape[0], 4)
+        crops, _, _ = crop_views(model, batch, x, cfg, autocast)
+        del batch
+    for _ in range(cfg.steps_per_batch):
+        if cfg.crop_update == "joint" or crops is None:
+            strategy.step(model, optimizer, x, y, ctx, crops=crops)
+        else:
+            strategy.step(model, optimizer, x, y, ctx)
+            for c in {id(c): c for c in crops}.values():
+                strategy.step(model, optimizer, c, y, ctx)
+
+
+def usable(total_gib: float) -> int:
+    """Bytes a plan may use on a card of ``total_gib``: HEADROOM x (total - CONTEXT_GIB)."""
+    return int(HEADROOM * (total_gib - CONTEXT_GIB) * GiB)
+
+
+def fits(m: StepMemory, free_bytes: int) -> bool:
+    """The step fits ``free_bytes`` (what ``torch.cuda.mem_get_info`` says is free) with HEADROOM spare."""
+    return m.peak <= HEADROOM * free_bytes
+
+
+def plan(cfg: TrainConfig, num_classes: int, batches: Sequence[int] | None = None,
+         strategies: Sequence[str] = ("last", "summed", "progressive"), crops: Sequence[bool] = (False, True),
+         **kw) -> list[StepMemory]:
+    """:func:`step_memory` for every strategy x crop x batch (default: the config's batch)."""
+    return [step_memory(cfg.replace(strategy=s, crop=c), num_classes, b, **kw)
+            for s in strategies for c in crops for b in (batches or [cfg.batch_size])]
+
+
+def largest_batch(cfg: TrainConfig, num_classes: int, capacity: int, limit: int = 512, multiple: int = 1,
+                  **kw) -> int:
+    """The largest batch (a multiple of ``multiple``, at most ``limit``) whose step needs at
+    most ``capacity`` bytes; 0 if not even ``multiple`` images fit.
+
+    The peak grows linearly with the batch (every activation does; the weights do not), so
+    two plans give the line and a third checks its guess; the search then steps down (or
+    up) one ``multiple`` at a time until the plan itself says it fits.
+    """
+    m = multiple
+    a, b = step_memory(cfg, num_classes, m, **kw).peak, step_memory(cfg, num_classes, 2 * m, **kw).peak
+    if a > capacity:
+        return 0
+    slope = max(b - a, 1)
+    guess = min(limit // m * m, max(m, int(m + (capacity - a) / slope * m) // m * m))
+    while guess > m and step_memory(cfg, num_classes, guess, **kw).peak > capacity:
+        guess -= m
+    while guess + m <= limit and step_memory(cfg, num_classes, guess + m, **kw).peak <= capacity:
+        guess += m
+    return guess
+
+
+def format_plan(rows: Iterable[StepMemory], gpus: dict[str, float] | None = None) -> str:
+    """A markdown table: strategy, crop, batch, AMP, peak GiB and its parts, and which cards it fits."""
+    gpus = GPUS if gpus is None else gpus
+    head = ["strategy", "crop", "batch", "amp", "peak GiB", "weights+grads+opt", "activations+temps"]
+    head += [f"fits {g}" for g in gpus]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in rows:
+        cells = [m.strategy, "yes" if m.crop else "no", str(m.batch), m.amp, f"{m.gib():.2f}",
+                 f"{(m.weights + m.grads + m.optimizer) / GiB:.2f}", f"{m.rest / GiB:.2f}"]
+        cells += ["yes" if m.peak <= usable(t) else "NO" for t in gpus.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _device_info(device: torch.device) -> tuple[int, tuple[int, int], str]:
+    free, _total = torch.cuda.mem_get_info(device)
+    return free, torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device)
+
+
+def resolve_batch(cfg: TrainConfig, num_classes: int, capacity: int, world: int = 1, **kw) -> tuple[int, float]:
+    """``batch_size='auto'``: (the largest global batch whose per-process step fits ``capacity``
+    bytes, the learning rate for it).
+
+    The learning rate follows the batch linearly (Goyal et al. 2017; TransFG's 3e-2 at 64 is
+    7.5e-3 at 16): ``lr`` is the rate at ``lr_batch`` images, so the run uses
+    lr x batch / lr_batch. Without ``lr_batch`` there is nothing to scale from: an error.
+    """
+    ref = getattr(cfg, "lr_batch", None)
+    if ref is None:
+        raise ConfigError("batch_size=auto scales the learning rate with the batch it picks: say which batch "
+                          "lr is for with lr_batch (e.g. --lr-batch 16 for the full profile's lr at batch 16)")
+    per = largest_batch(cfg, num_classes, capacity, **kw)
+    if per == 0:
+        raise DoesNotFit(f"batch_size=auto: not even 1 image per process fits {size(capacity)} "
+                         f"({cfg.strategy}, crop={cfg.crop}, img_size={cfg.img_size})")
+    batch = per * world
+    return batch, cfg.lr * batch / ref
+
+
+def check_fits(cfg: TrainConfig, num_classes: int, device: torch.device, world: int = 1,
+               free_bytes: int | None = None, capability: tuple[int, int] | None = None) -> TrainConfig:
+    """The guard ``fgnb.train.train`` calls before building the model: on a CUDA device (or
+    with ``free_bytes`` given) plan the step and stop with :class:`DoesNotFit`, naming the
+    plan, the free memory and the settings that would fit, when it exceeds HEADROOM x free.
+    Resolves ``batch_size='auto'``; returns the config to train (unchanged if it fits).
+    Elsewhere (CPU, MPS, no ``free_bytes``) it checks nothing, and ``auto`` is an error.
+    """
+    name = "this device"
+    if free_bytes is None:
+        if device.type != "cuda":
+            if cfg.batch_size == "auto":
+                raise ConfigError(f"batch_size=auto fits the batch to a CUDA GPU's free memory; on {device.type} "
+                                  "give a number")
+            return cfg
+        free_bytes, capability, name = _device_info(device)
+    capability = capability or (8, 0)
+    kw = dict(device_type="cuda", capability=capability)
+    capacity = int(HEADROOM * free_bytes)
+    if cfg.batch_size == "auto":
+        batch, lr = resolve_batch(cfg, num_classes, capacity, world, **kw)
+        print(f"batch_size=auto: {batch} images per batch fit {size(free_bytes)} free on {name}; "
+              f"lr {cfg.lr:g} x {batch}/{cfg.lr_batch} = {lr:.4g}")
+        return cfg.replace(batch_size=batch, lr=lr)
+    if cfg.batch_size % world:
+        return cfg  # the sampler's own error names it
+    m = step_memory(cfg, num_classes, cfg.batch_size // world, **kw)
+    if m.peak <= capacity:
+        return cfg
+    options = _options(cfg, num_classes, capacity, world, **kw)
+    raise DoesNotFit(
+        f"this run would not fit: its step needs about {size(m.peak)} per process ({cfg.strategy}, "
+        f"crop={cfg.crop}, batch {cfg.batch_size}, img_size {cfg.img_size}, {m.amp}), and {name} has "
+        f"{size(free_bytes)} free ({HEADROOM:.0%} usable: {size(capacity)}). Settings that fit: "
+        + "; ".join(options) + ". (python -m fgnb plan prints the whole table.)")
+
+
+def _options(cfg: TrainConfig, num_classes: int, capacity: int, world: int, **kw) -> list[str]:
+    """What would fit instead: a smaller batch (and its linearly scaled lr), the crop off, the last strategy."""
+    out = []
+    per = largest_batch(cfg, num_classes, capacity, limit=cfg.batch_size // world, **kw)
+    if per:
+        b = per * world
+        out.append(f"batch_size={b} with lr={cfg.lr * b / cfg.batch_size:.3g} (linear scaling), or batch_size=auto "
+                   f"with lr_batch={cfg.batch_size}")
+    for change in (dict(crop=False), dict(strategy="last")):
+        if all(getattr(cfg, k) == v for k, v in change.items()):
+            continue
+        c = cfg.replace(**change)
+        m = step_memory(c, num_classes, cfg.batch_size // world, **kw)
+        if m.peak <= capacity:
+            out.append(", ".join(f"{k}={v}" for k, v in change.items()) + f" ({size(m.peak)})")
+    if not out:
+        out.append("none at this img_size: a smaller img_size, or a GPU with more memory")
+    return out
