@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_flatten
 from .config import ConfigError, TrainConfig
 
 __all__ = ["LiveBytes", "StepMemory", "DoesNotFit", "step_memory", "plan", "size", "format_plan", "largest_batch", "fits",
-           "usable", "check_fits", "resolve_batch", "GPUS", "CONTEXT_GIB", "HEADROOM", "GiB"]
+           "usable", "check_fits", "num_classes_of", "line", "format_largest", "resolve_batch", "GPUS", "CONTEXT_GIB", "HEADROOM", "GiB"]
 
 GiB = 1024**3
 #: total memory of common cards as ``torch.cuda.mem_get_info`` reports it (GiB): the plan's columns
@@ -155,8 +155,9 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
     ``device_type``/``capability``: the device the run will use (its AMP dtype follows
     ``cfg.amp`` there as :func:`fgnb.train.amp_dtype` says; ``cuda`` also rounds blocks to
     512 bytes and uses the optimizer's CUDA (foreach) implementation, whose temporaries
-    are whole lists of tensors). Two steps: the optimizer's state exists from the first
-    step's update on. ``fake=False`` runs real tensors on the CPU (tests, small models;
+    are whole lists of tensors). ``steps=2`` (the peak of every step after the first): the
+    optimizer's state is made first by an update with zero gradients, then one step runs;
+    ``steps=1``: the first step, before any state exists. ``fake=False`` runs real tensors on the CPU (tests, small models;
     ``model`` then is the model to step, else one is built). The counter starts with the
     model's weights, so the peak includes them, and nothing from before.
     """
@@ -201,6 +202,12 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
         strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
         side = cfg.img_size
         src = source_size(cfg)
+        if steps > 1:  # the optimizer's state, as the first update makes it (the real step is run once)
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps = 1
         counter.reset_peak()
         for _ in range(steps):
             x = torch.randn(batch, 3, side, side) if not fake else torch.empty(batch, 3, side, side)
@@ -294,6 +301,43 @@ def format_plan(rows: Iterable[StepMemory], gpus: dict[str, float] | None = None
         cells += ["yes" if m.peak <= usable(t) else "NO" for t in gpus.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: classes of the data sets whose size is known before they are read (synthetic: its option or default)
+NUM_CLASSES = {"cub": 200, "aircraft": 100, "flowers": 102, "pets": 37}
+
+
+def num_classes_of(cfg: TrainConfig) -> int:
+    """The class count the run's heads will have, without reading the data set."""
+    if cfg.dataset == "synthetic":
+        from .synthetic import DEFAULTS
+
+        return cfg.synthetic_classes or DEFAULTS["num_classes"]
+    if cfg.dataset not in NUM_CLASSES:
+        raise ConfigError(f"dataset={cfg.dataset!r}: its class count is known only once it is read; give num_classes")
+    return NUM_CLASSES[cfg.dataset]
+
+
+def line(rows: Sequence[StepMemory]) -> tuple[float, float]:
+    """(a, b) of peak = a + b x batch through the smallest and largest batch of one setting's plans."""
+    lo, hi = min(rows, key=lambda m: m.batch), max(rows, key=lambda m: m.batch)
+    if hi.batch == lo.batch:
+        raise ValueError("the line needs plans at two batch sizes")
+    b = (hi.peak - lo.peak) / (hi.batch - lo.batch)
+    return lo.peak - b * lo.batch, b
+
+
+def format_largest(rows: Sequence[StepMemory], gpus: dict[str, float] | None = None) -> str:
+    """A markdown table: per strategy x crop, the largest batch each card holds, from :func:`line`."""
+    gpus = GPUS if gpus is None else gpus
+    head = ["strategy", "crop", "GiB per image"] + [f"largest batch, {g}" for g in gpus]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in dict.fromkeys((m.strategy, m.crop) for m in rows):
+        a, b = line([m for m in rows if (m.strategy, m.crop) == key])
+        cells = [key[0], "yes" if key[1] else "no", f"{b / GiB:.3f}"]
+        cells += [str(max(0, int((usable(t) - a) // b))) for t in gpus.values()]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def _device_info(device: torch.device) -> tuple[int, tuple[int, int], str]:

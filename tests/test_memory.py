@@ -123,3 +123,26 @@ def test_plan_table_names_every_card():
                        device_type="cpu")
     text = memory.format_plan(rows)
     assert text.count("\n") == 3 and "16 GB" in text and "80 GB" in text
+
+
+def test_plan_command_prints_both_tables(capsys):
+    from fgnb.cli import main
+
+    args = ["plan", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--depth", "3",
+            "--embed-dim", "48", "--num-heads", "3", "--weights", "none", "--targets", "2", "--batches", "4", "8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("| progressive | yes |") == 3  # two batches, and the largest-batch row
+    assert "largest batch, 80 GB" in out and "bf16" in out
+    assert main([*args, "--capability", "7.5"]) == 0 and "fp16" in capsys.readouterr().out
+    assert main([*args, "--capability", "seven"]) == 2
+
+
+def test_train_calls_the_guard_before_the_model(tmp_path):
+    from fgnb.train import train
+
+    cfg = TrainConfig(**SMALL, batch_size="auto", lr_batch=8, epochs=1, limit_batches=1, synthetic_classes=2,
+                      synthetic_train_per_class=4, synthetic_test_per_class=2, progress=False, out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="batch_size=auto fits the batch to a CUDA GPU"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
