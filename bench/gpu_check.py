@@ -162,7 +162,7 @@ def chapter7_parameters(a, out: str) -> dict:
     from fgnb.config import SYNTHETIC_ARCH
 
     return dict(profile="full", download=False, out=out, epochs=2, simulate_disconnect=True,
-                overrides=dict(dataset="synthetic", **SYNTHETIC_ARCH, img_size=64, resize_size=73,
+                overrides=dict(dataset="synthetic", **SYNTHETIC_ARCH, img_size=64, resize_size=73, source_size=256,
                                weights="fgnb:synthetic", pretrained=False, device=a.device, workers=2,
                                batch_size=32, limit_batches=6))
 
