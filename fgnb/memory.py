@@ -427,14 +427,15 @@ def resolve_batch(cfg: TrainConfig, num_classes: int, capacity: int, world: int 
 
 
 def check_fits(cfg: TrainConfig, num_classes: int, device: torch.device, world: int = 1,
-               free_bytes: int | None = None, capability: tuple[int, int] | None = None) -> TrainConfig:
+               free_bytes: int | None = None, capability: tuple[int, int] | None = None,
+               name: str = "this device") -> TrainConfig:
     """The guard ``fgnb.train.train`` calls before building the model: on a CUDA device (or
     with ``free_bytes`` given) plan the step and stop with :class:`DoesNotFit`, naming the
     plan, the free memory and the settings that would fit, when it exceeds HEADROOM x free.
     Resolves ``batch_size='auto'``; returns the config to train (unchanged if it fits).
     Elsewhere (CPU, MPS, no ``free_bytes``) it checks nothing, and ``auto`` is an error.
+    ``name``: the device in the messages (a CUDA device's own name when it is asked).
     """
-    name = "this device"
     if free_bytes is None:
         if device.type != "cuda":
             if cfg.batch_size == "auto":
