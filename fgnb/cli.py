@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(pl)
     pl.add_argument("--batches", type=int, nargs="+", default=None,
                     help="batch sizes per process to plan (default: the config's batch and twice it; 16 32 for auto)")
+    pl.add_argument("--strategies", nargs="+", default=["last", "summed", "progressive"],
+                    choices=["last", "summed", "progressive"], help="strategies to plan (default: all three)")
     pl.add_argument("--capability", default="8.0", help="CUDA compute capability of the card, which sets what amp=auto "
                                                         "means: 7.5 (T4) fp16, 8.0 and up bf16 (default 8.0)")
     pl.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: known for "
@@ -92,7 +94,7 @@ def _plan(args) -> list:
     classes = args.num_classes or memory.num_classes_of(cfg)
     print(f"{cfg.model} at {cfg.img_size} px, {classes} classes, {cfg.optimizer}, amp={cfg.amp} on capability "
           f"{args.capability}; peak GiB per process of a training step (fgnb.memory):\n")
-    rows = memory.plan(cfg.replace(batch_size=base), classes, batches, capability=capability)
+    rows = memory.plan(cfg.replace(batch_size=base), classes, batches, strategies=args.strategies, capability=capability)
     print(memory.format_plan(rows))
     if len(batches) > 1:
         print(f"\nlargest batch per card (the line through batch {batches[0]} and {batches[-1]}):\n")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import weakref
 from typing import Iterable, Sequence
 
@@ -38,8 +37,9 @@ from torch.utils._pytree import tree_flatten
 
 from .config import ConfigError, TrainConfig
 
-__all__ = ["LiveBytes", "StepMemory", "DoesNotFit", "step_memory", "fake_weights", "cuda_autocast_policy", "plan", "size", "format_plan", "largest_batch", "fits",
-           "usable", "check_fits", "num_classes_of", "line", "format_largest", "resolve_batch", "GPUS", "CONTEXT_GIB", "HEADROOM", "GiB"]
+__all__ = ["LiveBytes", "StepMemory", "DoesNotFit", "step_memory", "fake_weights", "cuda_autocast_policy", "plan",
+           "size", "format_plan", "format_largest", "line", "largest_batch", "usable", "check_fits", "resolve_batch",
+           "num_classes_of", "GPUS", "CONTEXT_GIB", "HEADROOM", "GiB"]
 
 GiB = 1024**3
 #: total memory of common cards as ``torch.cuda.mem_get_info`` reports it (GiB): the plan's columns
@@ -65,7 +65,8 @@ class LiveBytes(TorchDispatchMode):
     (a weak reference to the storage): exactly the lifetime an allocator sees. ``round_to``:
     block size of the allocator (CUDA: 512 bytes). With ``scalar``, reading a number out of a
     tensor (``.item()``, ``bool()``), which fake tensors cannot, returns that value (True for
-    a bool: the finite-loss checks pass), so the real training code runs unchanged.
+    a bool, so the finite-loss checks pass; 1.0 for AdamW's step count, which must not be 0),
+    so the real training code runs unchanged.
     """
 
     def __init__(self, round_to: int = 1, scalar: float | None = None):
@@ -206,17 +207,17 @@ def fake_weights(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, device_type: str = "cuda",
-                capability: tuple[int, int] | None = (8, 0), steps: int = 2, fake: bool = True,
+                capability: tuple[int, int] | None = (8, 0), first: bool = False, fake: bool = True,
                 model=None) -> StepMemory:
-    """The peak bytes of ``steps`` training steps of ``cfg`` (its strategy, crop options,
-    optimizer, clipping) at ``batch`` images per process (default ``cfg.batch_size``).
+    """The peak bytes of one training step of ``cfg`` (its strategy, crop options, optimizer,
+    clipping) at ``batch`` images per process (default ``cfg.batch_size``).
 
     ``device_type``/``capability``: the device the run will use (its AMP dtype follows
     ``cfg.amp`` there as :func:`fgnb.train.amp_dtype` says; ``cuda`` also rounds blocks to
     512 bytes and uses the optimizer's CUDA (foreach) implementation, whose temporaries
-    are whole lists of tensors). ``steps=2`` (the peak of every step after the first): the
-    optimizer's state is made first by an update with zero gradients, then one step runs;
-    ``steps=1``: the first step, before any state exists. ``fake=False`` runs real tensors on the CPU (tests, small models;
+    are whole lists of tensors). The step is one after the first: the optimizer's state is
+    made by an update with zero gradients before it (``first=True``: the first step, before
+    the state exists). ``fake=False`` runs real tensors on the CPU (tests, small models;
     ``model`` then is the model to step, else one is built). The counter starts with the
     model's weights, so the peak includes them, and nothing from before.
     """
@@ -263,18 +264,16 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
         strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
         side = cfg.img_size
         src = source_size(cfg)
-        if steps > 1:  # the optimizer's state, as the first update makes it (the real step is run once)
+        if not first:  # the optimizer's state, as the first update makes it
             for p in model.parameters():
                 p.grad = torch.zeros_like(p)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            steps = 1
         counter.reset_peak()
-        for _ in range(steps):
-            x = torch.randn(batch, 3, side, side) if not fake else torch.empty(batch, 3, side, side)
-            y = torch.zeros(batch, dtype=torch.long)
-            _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast)
-            del x, y
+        x = torch.randn(batch, 3, side, side) if not fake else torch.empty(batch, 3, side, side)
+        y = torch.zeros(batch, dtype=torch.long)
+        _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast)
+        del x, y
     return StepMemory(cfg.strategy, cfg.crop, batch, _amp_name(dtype), counter.peak, params, params,
                       per_param * params)
 
@@ -313,11 +312,6 @@ def _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast) -> N
 def usable(total_gib: float) -> int:
     """Bytes a plan may use on a card of ``total_gib``: HEADROOM x (total - CONTEXT_GIB)."""
     return int(HEADROOM * (total_gib - CONTEXT_GIB) * GiB)
-
-
-def fits(m: StepMemory, free_bytes: int) -> bool:
-    """The step fits ``free_bytes`` (what ``torch.cuda.mem_get_info`` says is free) with HEADROOM spare."""
-    return m.peak <= HEADROOM * free_bytes
 
 
 def plan(cfg: TrainConfig, num_classes: int, batches: Sequence[int] | None = None,

@@ -133,12 +133,15 @@ def test_plan_command_prints_both_tables(capsys):
     from fgnb.cli import main
 
     args = ["plan", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--depth", "3",
-            "--embed-dim", "48", "--num-heads", "3", "--weights", "none", "--targets", "2", "--batches", "4", "8"]
+            "--embed-dim", "48", "--num-heads", "3", "--weights", "none", "--targets", "2", "--batches", "4", "8",
+            "--strategies", "last", "progressive"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("| progressive | yes |") == 3  # two batches, and the largest-batch row
+    assert "| summed |" not in out and out.count("| last | no |") == 3
     assert "largest batch, 80 GB" in out and "bf16" in out
-    assert main([*args, "--capability", "7.5"]) == 0 and "fp16" in capsys.readouterr().out
+    t4 = [*args[:-6], "--batches", "4", "--strategies", "progressive", "--capability", "7.5"]
+    assert main(t4) == 0 and "fp16" in capsys.readouterr().out
     assert main([*args, "--capability", "seven"]) == 2
 
 
