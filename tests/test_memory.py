@@ -117,6 +117,11 @@ def test_auto_batch_scales_the_learning_rate_linearly():
 
 
 def test_batch_size_auto_is_the_only_word_it_takes():
+    from fgnb.cli import build_parser
+    from fgnb.config import config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train", "--batch-size", "auto", "--lr-batch", "16"]))
+    assert (cfg.batch_size, cfg.lr_batch) == ("auto", 16)
     assert TrainConfig(batch_size="auto").batch_size == "auto"
     with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig(batch_size="big")
