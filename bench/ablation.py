@@ -59,7 +59,7 @@ VARIANTS = {
     "progressive+crop:margin": dict(strategy="progressive", crop=True, crop_margin=0.5, min_crop=16),
     "progressive+crop:warmup": dict(strategy="progressive", crop=True, crop_warmup_epochs=1),
     # Where does the oracle's gain go? The crop trained with the last head only, jointly (w = 1/2)
-    # and on the crop view alone (w = 1, selected on the crop view: the set-up of METHOD.md's
+    # and on the crop view alone (w = 1, selected on the crop view: the set-up of the
     # headroom measurement).
     "last+crop": dict(strategy="last", crop=True),
     "last+crop:oracle": dict(strategy="last", crop=True, crop_boxes="oracle"),
@@ -172,9 +172,10 @@ def _check_same_run(out: pathlib.Path, cfg_dict: dict) -> None:
                          "use another --runs-dir (or remove that folder) instead of mixing runs")
 
 
-def run_one(cfg_dict: dict, threads: int | None, commit: str | None = None) -> dict:
-    """Train one run (resuming or skipping it as its folder says); returns its row. ``commit``:
-    the checkout's commit, written into the run folder of a run this call trains."""
+def run_one(cfg_dict: dict, threads: int | None, commit: str | None = None, dirty: bool | None = None) -> dict:
+    """Train one run (resuming or skipping it as its folder says); returns its row. ``commit``,
+    ``dirty``: the checkout's commit and whether its tree differed from it, written into the run
+    folder of a run this call trains (and so into its row)."""
     import torch
     if threads:
         torch.set_num_threads(threads)
@@ -190,6 +191,7 @@ def run_one(cfg_dict: dict, threads: int | None, commit: str | None = None) -> d
         # the commit that trained it, from its folder; unknown (None) for a folder written before
         # run_info.json recorded it, never the commit of the process that reads it back
         info.setdefault("commit", None)
+        info.setdefault("dirty", None)  # the same: unknown for a folder that did not record it
         return {"test": test, "skipped": True, **info}
     resume = (out / "last.pt").exists()
     cfg = TrainConfig.from_dict({**cfg_dict, "resume": resume})
@@ -209,6 +211,7 @@ def run_one(cfg_dict: dict, threads: int | None, commit: str | None = None) -> d
         "final_train_loss": {k: round(v, 4) for k, v in hist[-1].items() if k.startswith(("loss_head", "crop_loss_head"))} if hist else {},
         "finished": utc_now(),
         "commit": commit,  # so a study that reads this folder back names it
+        "dirty": dirty,
     }
     info_path.write_text(json.dumps(info, indent=1))
     return {"test": res["test"], "skipped": False, **info}
@@ -305,7 +308,7 @@ def results_header(kind: str, base, started: str, out=None, **fields) -> dict:
         "notes": "test split read once per run at the end, on the checkpoint selected by validation "
                  f"({base.select_by} mode); 'val' of a run = validation metrics of that epoch; the validation split "
                  f"is carved with split_seed={base.split_seed} whatever the training seed; std = sample standard "
-                 "deviation over seeds; each run row names the commit that trained it",
+                 "deviation over seeds; each run row names the commit that trained it and whether its tree was dirty",
         **fields,
         "runs": [],
         "table": [],
@@ -323,7 +326,8 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
     ``summarize(done)`` fills ``results['runs']`` (in table order) and ``results['table']``.
     """
     t0 = time.perf_counter() if t0 is None else t0
-    commit = git_commit().get("commit")
+    state = git_commit(ignore=[out] if out else ())
+    commit, dirty = state.get("commit"), state.get("dirty")
     done = {k: r for k, r in previous.items() if k not in cfgs}
 
     def name(k):
@@ -331,6 +335,7 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
 
     def record(k, row, seconds):
         row.setdefault("commit", commit)
+        row.setdefault("dirty", dirty)
         row.update(dict(zip(key, k)), out=cfgs[k]["out"], config=_run_options(cfgs[k]))
         test = row["test"]
         print(f"[{utc_now()}]   done {name(k)}: {'skipped (done)' if row['skipped'] else f'{seconds:.0f} s'}: "
@@ -353,12 +358,12 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
         for i, k in enumerate(plan):
             print(f"[{utc_now()}] run {i + 1}/{len(plan)}: {name(k)} -> {cfgs[k]['out']}", flush=True)
             ts = time.perf_counter()
-            record(k, run_one(cfgs[k], threads, commit), time.perf_counter() - ts)
+            record(k, run_one(cfgs[k], threads, commit, dirty), time.perf_counter() - ts)
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, cfgs[k], threads, commit): k for k in plan}
+            futures = {pool.submit(run_one, cfgs[k], threads, commit, dirty): k for k in plan}
             print(f"[{utc_now()}] {len(plan)} runs queued on {jobs} processes", flush=True)
             for fut in cf.as_completed(futures):
                 row = fut.result()
@@ -368,10 +373,57 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
     return done
 
 
+def plan_command(command: str, point, seeds: list[int], variants: list[str]) -> str:
+    """``command`` (a results file's own) with its --points, --seeds and --variants replaced
+    (``point`` None: an ablation, no --points)."""
+    words, kept, skip = command.split(), [], False
+    for w in words:
+        if w.startswith("--"):
+            skip = w in ("--points", "--seeds", "--variants")
+        if not skip:
+            kept.append(w)
+    return " ".join(kept + ([] if point is None else ["--points", str(point)])
+                    + ["--seeds", *map(str, seeds), "--variants", *variants])
+
+
+def print_plan(out: str, script: str = "bench/ablation.py") -> int:
+    """``--plan``: what the ablation or sweep at ``out`` still has to train for the seed rule
+    (``fgnb.results.seed_plan``: the spread read on validation, each row in the metric it is
+    reported in; a sweep's cells are ``fgnb.results.RULE_CELLS``, an ablation's every variant
+    against ``last``), the single-core time and the commands that train it."""
+    from fgnb.results import load_results, seed_plan
+
+    results = load_results(out)
+    plan = seed_plan(results)
+    what = "cell" if results["kind"] == "sweep" else "variant"
+    if not plan:
+        print(f"{out}: every {what} meets the seed rule on validation (+-1.5 points, 4 seeds at least)")
+        return 0
+    total = 0.0
+    for r in plan:
+        hw = "no interval" if r["half_width"] != r["half_width"] else f"+-{r['half_width']:.2f}"
+        t = "unknown time" if r["core_s"] is None else f"~{r['core_s'] / 3600:.1f} core-h"
+        total += r["core_s"] or 0
+        where = "" if r["point"] is None else f"{r['point']:>3} px  "
+        print(f"{where}{r['variant']} ({r['metric']}, validation): n={r['n']}, {hw}; asks for {r['asks']}; "
+              f"train {r['variant']} seeds {r['variant_seeds'] or '-'}, last seeds {r['baseline_seeds'] or '-'} ({t})")
+        variants = ([r["variant"]] if r["variant_seeds"] else []) + (["last"] if r["baseline_seeds"] else [])
+        print("    " + plan_command(results.get("command") or f"python {script} --out {out}", r["point"],
+                                    sorted(set(r["variant_seeds"]) | set(r["baseline_seeds"])), variants))
+    print(f"{len(plan)} {what}s short of the rule, ~{total / 3600:.1f} core-hours on one core"
+          + (" (a last run two cells share counts twice)" if what == "cell" else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p, out="bench/results/ablation_cpu.json", runs_dir="bench/runs/ablation", variants=CORE)
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: print the variants of --out short of the seed rule (read on validation, "
+                        "in each row's reported metric), the seeds they ask for and the single-core time")
     args = p.parse_args(argv)
+    if args.plan:
+        return print_plan(args.out)
 
     if args.threads:
         import torch

@@ -6,7 +6,7 @@
 The box is computed from a trained model's attention; how good it is can be measured
 without training anything: on the validation split (decisions) and the test split, for
 each option of ``BOX_OPTIONS`` (the text's literal rule as the reference row, the options
-METHOD.md leaves open, and the bounds), with every model of ``--models``:
+the text leaves open (book/method.md), and the bounds), with every model of ``--models``:
 
 * where the box is: IoU with the true head box (``part_iou``), the share of images whose
   box holds each cue's centre (``cue_beak``, ``cue_eye``, ``cue_crest``, ``cue_all``:
@@ -14,7 +14,7 @@ METHOD.md leaves open, and the bounds), with every model of ``--models``:
 * what a crop reader makes of it (``reader_top1``): the top-1 of a model trained on crops
   of the *true* head box alone (``--readers``: the ablation's ``last+crop:oracle_only``
   runs) when it is shown this option's crop instead. On the oracle box that is the
-  headroom measured in METHOD.md; on the whole image (``whole``: the global view cut from
+  headroom (book/glossary.md); on the whole image (``whole``: the global view cut from
   the source) it is what zooming adds nothing to. ``(option - whole) / (oracle - whole)``
   is the share of the crop's headroom an option keeps (``headroom``);
 * the model's own inference modes with that box (``top1_crop_only``, ``top1_crop``).
@@ -56,12 +56,20 @@ BOX_OPTIONS = {
     "min16+margin0.5": dict(min_crop=16, crop_margin=0.5),
     "cumulative+min16": dict(crop_attention="cumulative", min_crop=16),
     "rollout+min16": dict(crop_attention="rollout", min_crop=16),
+    # any block (the plain ViT's first block attends to the head, its last is flat: chapter 3)
+    "block0": dict(crop_block=0),
+    "block0+min16": dict(crop_block=0, min_crop=16),
+    "block0+margin0.25": dict(crop_block=0, crop_margin=0.25),
+    "block0+min16+margin0.25": dict(crop_block=0, min_crop=16, crop_margin=0.25),
+    "block0+min16+margin0.5": dict(crop_block=0, min_crop=16, crop_margin=0.5),
+    "concentrated": dict(crop_attention="concentrated"),
+    "concentrated+min16+margin0.25": dict(crop_attention="concentrated", min_crop=16, crop_margin=0.25),
     # bounds: the true head box, a box of the literal box's size placed at random, the whole view
     "oracle": dict(crop_boxes="oracle"),
     "random": dict(crop_boxes="random"),
     "whole": dict(min_crop=10_000),
 }
-BASE = dict(crop_attention="last", box_rule="all", threshold_scale=1.0, min_crop=0, crop_margin=0.0,
+BASE = dict(crop_attention="last", crop_block=None, box_rule="all", threshold_scale=1.0, min_crop=0, crop_margin=0.0,
             crop_boxes="attention", crop_from="source")
 METRICS = ("reader_top1", "part_iou", "cue_beak", "cue_eye", "cue_crest", "cue_all", "box_area",
            "top1_crop_only", "top1_crop", "top1_last")
@@ -94,7 +102,7 @@ def screen_model(model, cfg, readers, loaders: dict, options: dict) -> list[dict
             hits = [0] * len(readers)
             n = 0
             with torch.no_grad():
-                for batch in loader:
+                for batch in (loader if readers else ()):  # no readers: the box's geometry only
                     x, y = batch["image"], batch["label"]
                     crops, _, _ = crop_views(model, batch, x, ocfg, generator=gen)
                     for k, reader in enumerate(readers):
@@ -102,7 +110,7 @@ def screen_model(model, cfg, readers, loaders: dict, options: dict) -> list[dict
                         hits[k] += int((logits.argmax(-1) == y).sum())
                     n += len(y)
             row = {"option": name, "split": split, **{m: res.get(m) for m in METRICS if m in res}}
-            row["reader_top1"] = statistics.fmean(h / n for h in hits)
+            row["reader_top1"] = statistics.fmean(h / n for h in hits) if readers else None
             row["reader_top1_each"] = [h / n for h in hits]
             rows.append(row)
     return rows
@@ -124,12 +132,13 @@ def summarise(rows: list[dict], options: list[str], split: str) -> list[dict]:
             vals = [r[m] for r in by[o].values() if r.get(m) is not None and not math.isnan(r[m])]
             row[m] = statistics.fmean(vals) if vals else None
         models = sorted(set(by[o]) & set(by["literal"]))
-        d = [100 * (by[o][k]["reader_top1"] - by["literal"][k]["reader_top1"]) for k in models]
+        d = [100 * (by[o][k]["reader_top1"] - by["literal"][k]["reader_top1"]) for k in models
+             if by[o][k]["reader_top1"] is not None]
         if len(d) > 1:
             mean, sd = statistics.fmean(d), statistics.stdev(d)
             hw = t_quantile(len(d) - 1) * sd / math.sqrt(len(d))
             row.update(vs_literal=mean, vs_literal_low=mean - hw, vs_literal_high=mean + hw)
-        if by.get("oracle") and by.get("whole"):
+        if by.get("oracle") and by.get("whole") and row["reader_top1"] is not None:
             gains = [(by[o][k]["reader_top1"] - by["whole"][k]["reader_top1"])
                      / max(by["oracle"][k]["reader_top1"] - by["whole"][k]["reader_top1"], 1e-9)
                      for k in sorted(set(by[o]) & set(by["oracle"]) & set(by["whole"]))]
@@ -141,7 +150,8 @@ def summarise(rows: list[dict], options: list[str], split: str) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", required=True, help="checkpoints (glob patterns) whose attention makes the boxes")
-    p.add_argument("--readers", nargs="+", required=True, help="checkpoints (glob patterns) trained on true-head crops")
+    p.add_argument("--readers", nargs="+", default=[], help="checkpoints (glob patterns) trained on true-head crops "
+                                                         "(none: the boxes' localisation only, no reader_top1)")
     p.add_argument("--options", nargs="+", default=list(BOX_OPTIONS), choices=list(BOX_OPTIONS), metavar="OPTION",
                    help=f"default: all of {' '.join(BOX_OPTIONS)}")
     p.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"])

@@ -23,6 +23,10 @@ def git_commit(ignore=()) -> dict:
     """HEAD commit and whether the working tree differs from it; ``ignore``: paths left out of
     that check (a results file that a resumed run rewrites is its output, not a change of code).
     Every file under ``bench/results`` is left out too (:data:`RESULTS_DIR`)."""
+    # a path outside the checkout (an --out in /tmp) is no change of it; as a pathspec it would make
+    # git status fail, and a failed status read as a clean tree
+    inside = [r for r in (os.path.relpath(os.path.abspath(p), REPO) for p in ignore) if not r.startswith("..")]
+
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
@@ -30,7 +34,7 @@ def git_commit(ignore=()) -> dict:
             return ""
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
                                                                 f":(exclude){RESULTS_DIR}",
-                                                                *(f":(exclude){os.path.relpath(os.path.abspath(p), REPO)}" for p in ignore)))}
+                                                                *(f":(exclude){rel}" for rel in inside)))}
 
 
 def cpu_name() -> str:

@@ -121,40 +121,14 @@ def aggregate_points(rows: list[dict], points: list[int], variants: list[str]) -
     return table
 
 
-def plan_command(command: str, point: int, seeds: list[int], variants: list[str]) -> str:
-    """``command`` (a results file's own) with its --points, --seeds and --variants replaced."""
-    words, kept, skip = command.split(), [], False
-    for w in words:
-        if w.startswith("--"):
-            skip = w in ("--points", "--seeds", "--variants")
-        if not skip:
-            kept.append(w)
-    return " ".join(kept + ["--points", str(point), "--seeds", *map(str, seeds), "--variants", *variants])
+plan_command = ablation.plan_command  # the file's own command with its points, seeds and variants replaced
 
 
 def print_plan(out: str) -> int:
     """``--plan``: what the file at ``out`` still has to train (``fgnb.results.seed_plan`` on
-    the cells of ``fgnb.results.RULE_CELLS`` it holds), and the commands that resume it."""
-    from fgnb.results import load_results, rule_cells, seed_plan
-
-    results = load_results(out)
-    cells = rule_cells(results)
-    plan = seed_plan(results, cells)
-    if not plan:
-        print(f"{out}: every cell of {', '.join(cells)} meets the seed rule (+-1.5 points, 4 seeds at least)")
-        return 0
-    total = 0.0
-    for r in plan:
-        hw = "no interval" if r["half_width"] != r["half_width"] else f"+-{r['half_width']:.2f}"
-        t = "unknown time" if r["core_s"] is None else f"~{r['core_s'] / 3600:.1f} core-h"
-        total += r["core_s"] or 0
-        print(f"{r['point']:>3} px  {r['variant']} ({r['metric']}): n={r['n']}, {hw}; asks for {r['asks']}; "
-              f"train {r['variant']} seeds {r['variant_seeds'] or '-'}, last seeds {r['baseline_seeds'] or '-'} ({t})")
-        variants = ([r["variant"]] if r["variant_seeds"] else []) + (["last"] if r["baseline_seeds"] else [])
-        print("    " + plan_command(results.get("command") or f"python bench/sweep.py --out {out}", r["point"],
-                                    sorted(set(r["variant_seeds"]) | set(r["baseline_seeds"])), variants))
-    print(f"{len(plan)} cells short of the rule, ~{total / 3600:.1f} core-hours (a last run two cells share counts twice)")
-    return 0
+    the cells of ``fgnb.results.RULE_CELLS`` it holds, the spread read on validation), and the
+    commands that resume it (``bench/ablation.py``'s ``print_plan``)."""
+    return ablation.print_plan(out, "bench/sweep.py")
 
 
 def main(argv=None) -> int:

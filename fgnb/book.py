@@ -18,7 +18,7 @@ import time
 
 from .config import SYNTHETIC, SYNTHETIC_VIT_ARCH
 
-__all__ = ["profile", "PROFILES", "source_hash", "is_fresh", "execute", "glue", "show_profile"]
+__all__ = ["profile", "PROFILES", "run_time", "source_hash", "is_fresh", "execute", "glue", "show_profile"]
 
 #: cpu-quick: the embedded data and a small plain ViT (the text's linear patch projection, the
 #: model chapter 2 derives) pre-trained on other synthetic species (fgnb.pretrained), fine-tuned
@@ -78,6 +78,28 @@ def show_profile(P: dict, keys=None) -> None:
     """Print the run profile a chapter's ``parameters`` cell chose (all options or ``keys``)."""
     print("profile:", P["profile"])
     print({k: P[k] for k in (keys or P) if k in P and k != "profile"})
+
+
+def run_time(chapter: str) -> str:
+    """A chapter's measured run time, for its opening line: its seconds on the CPU of the last
+    ``python bench/book_time.py`` (``bench/results/book_time.json``: a fresh clone's book build),
+    and on a GPU where a device check timed it; never an estimate.
+
+    >>> run_time("05_progressive_training")   # doctest: +SKIP
+    '21 s on a 2-core CPU (book build of 2026-12-06, commit 1a2b3c4); not yet timed on a GPU'
+    """
+    from .results import find_results
+
+    try:
+        data = json.loads(find_results("book_time.json").read_text())
+    except FileNotFoundError:
+        return "not yet timed (python bench/book_time.py times every chapter)"
+    seconds = data.get("chapters", {}).get(chapter)
+    gpu = (data.get("gpu_chapters") or {}).get(chapter)
+    where = (f"{data['machine'].get('cpu_count')}-core CPU (book build of {data['date'][:10]}, "
+             f"commit {str(data.get('commit'))[:7]})")
+    cpu = f"{seconds:.0f} s on a {where}" if seconds is not None else f"not in the last timing ({where})"
+    return cpu + (f"; {gpu:.0f} s on a GPU" if gpu is not None else "; not yet timed on a GPU")
 
 
 def source_hash(nb: dict) -> str:

@@ -101,7 +101,7 @@ _RANGES = (
       "synthetic_train_per_class", "synthetic_test_per_class", "patch_size", "depth", "embed_dim", "num_heads",
       "head_hidden", "limit_batches", "lr", "lr_batch", "threshold_scale", "clip_grad", "steps_per_batch"), lambda v: v > 0, "> 0"),
     (("synthetic_difficulty", "synthetic_first_class", "min_crop", "weight_decay", "warmup_epochs", "workers",
-      "crop_warmup_epochs"),
+      "crop_warmup_epochs", "crop_block"),
      lambda v: v >= 0, ">= 0"),
     (("val_fraction", "momentum", "label_smoothing"), lambda v: 0 <= v < 1, "in [0, 1)"),
     (("crop_weight",), lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -157,7 +157,10 @@ class TrainConfig:
     crop_boxes: str = opt("attention", "where the crop box comes from: the attention (the method), the ground-truth part box "
                                        "(oracle, an upper bound) or a random box of the attention box's size (a lower bound)",
                           ("attention", "oracle", "random"))
-    crop_attention: str = opt("last", "which attention drives the crop", ("last", "cumulative", "per_layer", "rollout"))
+    crop_attention: str = opt("last", "which attention drives the crop", ("last", "cumulative", "per_layer", "rollout", "concentrated"))
+    crop_block: int | None = opt(None, "the block whose attention the crop reads (0-based; last: its head product; cumulative, "
+                                       "rollout: the product from block 0 up to it; concentrated: the sharpest block up to it); "
+                                       "default: the deepest target layer")
     box_rule: str = opt("all", "marked patches -> box", ("all", "largest"))
     threshold_scale: float = opt(1.0, "mark patches whose product exceeds scale x mean")
     crop_from: str = opt("source", "cut the crop from the higher-resolution source image (the text) or the model input", ("source", "input"))
@@ -256,6 +259,12 @@ class TrainConfig:
                               "is generated locally (synthetic) or is your own folder (folder)")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
             raise ConfigError(f"checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
+        if self.crop_block is not None:
+            if self.crop_attention == "per_layer":
+                raise ConfigError(f"crop_block={self.crop_block} with crop_attention='per_layer': per_layer reads every "
+                                  "target layer; give crop_block with last, cumulative, rollout or concentrated")
+            if self.depth is not None and self.crop_block >= self.depth:
+                raise ConfigError(f"crop_block={self.crop_block}: the model has blocks 0..{self.depth - 1}")
         return self
 
     def synthetic_arch(self) -> dict | None:

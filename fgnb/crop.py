@@ -11,7 +11,8 @@ from torchvision.ops import roi_align
 
 from .attention import attention_rollout, boxes_from_mask, cumulative_product, head_product, mean_threshold
 
-__all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_layers", "attention_scores", "attention_boxes",
+__all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_layers", "most_concentrated", "attention_scores",
+           "attention_boxes",
            "CROP_BOXES", "random_boxes_like", "expand_boxes"]
 
 #: Where the crop's box comes from: ``attention`` (the method), ``oracle`` (the ground-truth
@@ -19,11 +20,15 @@ __all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_l
 #: ``random`` (a box of the attention box's size at a uniformly random place: a lower bound).
 CROP_BOXES = ("attention", "oracle", "random")
 
-#: Which attention drives the crop (METHOD.md leaves it open):
-#: ``last`` the deepest target layer's head product; ``cumulative`` the product over heads
-#: and all layers up to the deepest target; ``per_layer`` one crop per target layer from the
-#: cumulative product up to it (the multi-scale variant); ``rollout`` attention rollout.
-CROP_ATTENTION = ("last", "cumulative", "per_layer", "rollout")
+#: Which attention drives the crop (the text leaves it open, book/method.md):
+#: ``last`` one block's head product (the deepest target layer's, or ``crop_block``'s);
+#: ``cumulative`` the product over heads and over the blocks from the first up to that one
+#: (the text's "multiplied layer over layer"); ``per_layer`` one crop per target layer from
+#: the cumulative product up to it (the multi-scale variant); ``rollout`` attention rollout up
+#: to that block; ``concentrated`` per image, the head product of the block, from the first
+#: up to that one, whose attention is most concentrated (lowest entropy): it reads the
+#: localisation where the model keeps it (chapter 3 measures where that is).
+CROP_ATTENTION = ("last", "cumulative", "per_layer", "rollout", "concentrated")
 
 
 def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -69,20 +74,35 @@ def scale_boxes(boxes: torch.Tensor, from_size: tuple[int, int], to_size: tuple[
     return boxes * boxes.new_tensor([sx, sy, sx, sy])
 
 
-def crop_attention_layers(target_layers: tuple[int, ...], mode: str) -> list[int]:
-    """Blocks whose CLS attention a crop mode reads."""
+def crop_attention_layers(target_layers: tuple[int, ...], mode: str, block: int | None = None) -> list[int]:
+    """Blocks whose CLS attention a crop mode reads; ``block``: the block the crop reads
+    (0-based; ``None``: the deepest target layer), not given with ``per_layer``."""
     if mode not in CROP_ATTENTION:
         raise ValueError(f"crop attention {mode!r} is not one of {CROP_ATTENTION}")
-    deepest = max(target_layers)
+    if block is not None and (mode == "per_layer" or isinstance(block, bool) or not isinstance(block, int) or block < 0):
+        raise ValueError(f"crop_block={block!r}: a block index >= 0 for crop attention "
+                         f"{', '.join(m for m in CROP_ATTENTION if m != 'per_layer')} (per_layer reads each target layer)")
+    deepest = max(target_layers) if block is None else block
     return [deepest] if mode == "last" else list(range(deepest + 1))
 
 
-def attention_scores(out, mode: str = "last", target_layers: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+def most_concentrated(scores: list[torch.Tensor]) -> torch.Tensor:
+    """Per image, the log-space scores (B, K) of the block whose normalised map
+    p = softmax(s) has the lowest entropy -sum_i p_i log p_i (the sharpest block)."""
+    s = torch.stack(scores, dim=1)  # (B, L, K), the scores' own dtype (head_product: float64)
+    logp = s.log_softmax(-1)
+    entropy = -(logp.exp() * logp).sum(-1)  # (B, L)
+    pick = entropy.argmin(dim=1)
+    return s[torch.arange(s.shape[0], device=s.device), pick]
+
+
+def attention_scores(out, mode: str = "last", target_layers: tuple[int, ...] | None = None,
+                     block: int | None = None) -> list[torch.Tensor]:
     """Log-space patch scores (B, K) for a crop mode, from a forward's captured attention.
 
     One entry, or one per target layer for ``per_layer``.
     """
-    layers = crop_attention_layers(target_layers or out.layers, mode)
+    layers = crop_attention_layers(target_layers or out.layers, mode, block)
     if mode == "rollout":
         missing = [l for l in layers if l not in out.full_attn]
         if missing:
@@ -94,6 +114,8 @@ def attention_scores(out, mode: str = "last", target_layers: tuple[int, ...] | N
         raise ValueError(f"crop mode {mode!r} needs the CLS attention of layers {missing}: pass attn_layers to the model")
     if mode == "last":
         return [head_product(out.attn[layers[0]])]
+    if mode == "concentrated":
+        return [most_concentrated([head_product(out.attn[l]) for l in layers])]
     cum = cumulative_product([out.attn[l] for l in layers])
     if mode == "cumulative":
         return [cum[-1]]
@@ -102,12 +124,12 @@ def attention_scores(out, mode: str = "last", target_layers: tuple[int, ...] | N
 
 def attention_boxes(
     out, mode: str = "last", rule: str = "all", threshold_scale: float = 1.0, min_size: float = 0,
-    target_layers: tuple[int, ...] | None = None,
+    target_layers: tuple[int, ...] | None = None, block: int | None = None,
 ) -> list[torch.Tensor]:
     """The module end to end: scores -> mean threshold -> box, one (B, 4) tensor per crop."""
     return [
         boxes_from_mask(mean_threshold(s, threshold_scale), out.grid, out.patch_size, rule=rule, min_size=min_size)
-        for s in attention_scores(out, mode, target_layers)
+        for s in attention_scores(out, mode, target_layers, block)
     ]
 
 

@@ -63,10 +63,10 @@ def attention_grid(attn: torch.Tensor, grid, image: np.ndarray | None = None, ti
     for i, ax in enumerate(axes.flat):
         if i < n:
             if image is not None:
-                overlay(ax, image, attn[i], grid, title=titles[i] if titles else f"head {i}")
+                overlay(ax, image, attn[i], grid, title=titles[i] if titles else f"head {i + 1}")
             else:
                 ax.imshow(attn[i].detach().float().cpu().view(*grid), cmap="inferno")
-                ax.set_title(titles[i] if titles else f"head {i}", fontsize=9)
+                ax.set_title(titles[i] if titles else f"head {i + 1}", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
     return fig
@@ -295,3 +295,29 @@ def gain_plot(rows: Sequence[dict], ax=None, title: str = "",
     if title:
         ax.set_title(title, fontsize=9)
     return ax
+
+
+def localisation_plot(profile: dict, axes=None, label: str = ""):
+    """Where localisation lives (chapter 3): per block (counted from 1), each head's normalised
+    entropy of the CLS attention (left) and its mass on the part box (right), beside the part
+    box's area share, the mass a map without spatial information puts there (dashed).
+
+    ``profile``: :func:`fgnb.localisation.localisation_profile`'s dict (or a results row of
+    ``bench/localisation.py``). Returns the two axes.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 2.8))
+    ent, mass = np.asarray(profile["entropy"]), np.asarray(profile["mass_part"])
+    blocks = np.arange(1, ent.shape[0] + 1)
+    for h in range(ent.shape[1]):
+        axes[0].plot(blocks, ent[:, h], "o-", label=f"head {h + 1}")
+        axes[1].plot(blocks, mass[:, h], "o-", label=f"head {h + 1}")
+    axes[1].axhline(profile["share_part"], color="grey", ls="--", label="part box's area share (flat map)")
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_ylim(0, 1.02)
+    for ax, title in zip(axes, ("entropy of the CLS attention (1 = flat)", "attention mass on the part box")):
+        ax.set_xticks(blocks)
+        ax.set_xlabel("block")
+        ax.set_title(f"{label}: {title}" if label else title, fontsize=9)
+    axes[1].legend(fontsize=7)
+    return axes

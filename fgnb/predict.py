@@ -42,7 +42,7 @@ def predict_files(checkpoint, images, top_k: int = 5, out_dir=None, device="auto
         item = {k: v.unsqueeze(0) for k, v in tf(load_rgb(path)).items()}
         x = item["image"].to(dev)
         crops, boxes, out = crop_views(model, item, x, cfg)
-        scores = attention_scores(out, cfg.crop_attention, model.target_layers)[-1]
+        scores = attention_scores(out, cfg.crop_attention, model.target_layers, cfg.crop_block)[-1]
         box, crop = boxes[-1], crops[-1]
         p = 0.5 * (out.logits[-1].softmax(-1) + model(crop).logits[-1].softmax(-1))[0]
         top = torch.topk(p, k)

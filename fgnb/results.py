@@ -34,6 +34,13 @@ of the option's crop (``reader_top1``), the share of the crop's headroom it keep
 against the literal rule, where the box is (``part_iou``, the cue coverage ``cue_*``) and its
 ``box_area`` (chapter 6).
 
+``family_against(results)``: every variant of an ablation against ``last``, each in the metric
+its row is reported in (``reported_metric``: the crop mode for a variant whose checkpoint is
+chosen on it), with its paired t p-value and Holm's correction over the whole family (``holm``,
+a pure function of the p-values). ``seed_plan(results)``: what the seed rule, read on validation,
+still asks a sweep or an ablation to train. ``provenance(row)``: a row's commit and tree state in
+words, "unknown" where the row does not record them.
+
 ``speed_table(results, markdown=False)``: one row per measured item, ``{'section',
 'item', 'ratio', 'ideal', 'ratio/ideal', 'value', 'unit'}``: training step cost and peak
 memory per strategy against a plain timm ViT step, CLS-attention capture against timm's
@@ -49,7 +56,9 @@ from typing import Any, Sequence
 
 __all__ = ["find_results", "load_results", "ablation_table", "boxes_table", "speed_table", "gpu_check_table",
            "ABLATION_METRICS",
-           "to_markdown", "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve"]
+           "to_markdown", "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve",
+           "t_p_value", "holm", "reported_metric", "family_against", "as_sweep", "seed_plan", "rule_cells",
+           "provenance"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 
@@ -57,7 +66,7 @@ ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", 
 _T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
          10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314, 16: 2.1199, 17: 2.1098,
          18: 2.1009, 19: 2.0930, 20: 2.0860, 25: 2.0595, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}
-KINDS = ("ablation", "speed", "boxes", "published", "gpu_check", "sweep")
+KINDS = ("ablation", "speed", "boxes", "published", "gpu_check", "sweep", "book_time", "localisation")
 
 
 def _recorded_bases() -> list[pathlib.Path]:
@@ -272,6 +281,93 @@ def seeds_needed(sd: float, half_width: float = 1.5, confidence: float = 0.95, m
     raise ValueError(f"more than {most} seeds needed for sd={sd} and half_width={half_width}")
 
 
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) (continued fraction, Numerical Recipes' betacf)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * f
+
+
+def t_p_value(mean: float, sd: float, n: int) -> float:
+    """Two-sided p-value of a paired t test: H0 mean difference 0, t = mean / (sd / sqrt(n)) with
+    n - 1 degrees of freedom (the test behind :func:`paired_differences`' intervals: the 95 %
+    interval excludes zero exactly when p < 0.05). nan with fewer than two pairs; 0 when sd = 0
+    and the mean is not 0."""
+    if n < 2 or sd != sd or mean != mean:
+        return float("nan")
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    t, df = mean / (sd / math.sqrt(n)), n - 1
+    try:
+        from scipy.stats import t as student
+
+        return float(2 * student.sf(abs(t), df))
+    except ImportError:
+        return _betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[dict]:
+    """Holm's step-down correction for a family of m tests, in the input's order.
+
+    Sort the p-values p_(1) <= ... <= p_(m); the adjusted value of the k-th is
+    max_{j <= k} min(1, (m - j + 1) p_(j)), and a test is rejected (``survives``) when its adjusted
+    value is at most ``alpha``: the chance that any true null is rejected stays at most ``alpha``
+    whatever the tests' dependence. A nan p-value (no interval yet) is in the family (it counts in
+    m) and never survives. Rows: {p, adjusted, survives, rank} (rank 1: the smallest p)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (p_values[i] != p_values[i], p_values[i] if p_values[i] == p_values[i] else 0))
+    rows: list[dict] = [{} for _ in range(m)]
+    running = 0.0
+    for k, i in enumerate(order):
+        p = p_values[i]
+        if p != p:
+            rows[i] = {"p": p, "adjusted": float("nan"), "survives": False, "rank": k + 1}
+            continue
+        running = max(running, min(1.0, (m - k) * p))
+        rows[i] = {"p": p, "adjusted": running, "survives": running <= alpha, "rank": k + 1}
+    return rows
+
+
+def family_against(results: dict, baseline: str = "last", split: str = "test", alpha: float = 0.05,
+                   variants: Sequence[str] | None = None) -> list[dict]:
+    """The family of comparisons against ``baseline`` in an ablation: every other variant (or
+    ``variants``), each in the metric its row is reported in (:func:`reported_metric`) against the
+    baseline's ``top1_last``, paired over seeds (:func:`paired_differences`), with its paired t
+    p-value and Holm's correction over the whole family (:func:`holm`). Rows: the
+    :func:`paired_differences` row with ``metric``, ``p``, ``p_holm`` and ``survives``, in the
+    results' order."""
+    rows = []
+    for v in [v for v in (results.get("variants") or {}) if v != baseline]:
+        if variants is not None and v not in variants:
+            continue
+        m = reported_metric(results, v)
+        got = [r for r in paired_differences(results, baseline, metric=m, split=split, baseline_metric="top1_last")
+               if r["variant"] == v and r["n"] > 0]
+        if got:
+            rows.append({**got[0], "metric": m, "p": t_p_value(got[0]["mean"], got[0]["sd"], got[0]["n"])})
+    for r, h in zip(rows, holm([r["p"] for r in rows], alpha)):
+        r["p_holm"], r["survives"] = h["adjusted"], h["survives"]
+    return rows
+
+
 #: The sweep's curve cells held to the seed rule (chapter 9; ``bench/sweep.py --plan``): each
 #: variant with the metric its paired gain over ``last``'s ``top1_last`` is read on. The chosen
 #: box in its crop mode (global + crop view averaged), the others on their deepest head.
@@ -285,23 +381,32 @@ def rule_cells(results: dict) -> dict[str, str]:
     return {v: m for v, m in RULE_CELLS.items() if v in held}
 
 
-def seed_plan(results: dict, cells: dict[str, str] | None = None, baseline: str = "last", split: str = "test",
+def seed_plan(results: dict, cells: dict[str, str] | None = None, baseline: str = "last", split: str = "val",
               half_width: float = 1.5, least: int = 4) -> list[dict]:
-    """What a sweep (``bench/sweep.py``) still has to train for the seed rule (chapters 8 and 9):
+    """What a sweep (``bench/sweep.py``) or an ablation (``bench/ablation.py``, one point: ``None``)
+    still has to train for the seed rule (chapters 8 and 9):
     every cell (point, variant) whose paired interval is wider than +- ``half_width`` or has
     fewer than ``least`` seeds, with the seeds its measured spread asks for,
     ``asks`` = :func:`seeds_needed` (sd, half_width, least) (``least`` when there is no spread yet).
 
-    ``cells``: {variant: its metric}, compared with the baseline's ``top1_last`` (default: the
-    file's :func:`rule_cells`, the curve of chapter 9). The next seeds are taken where half the pair is already
+    The spread is read on ``split``, validation by default: the rule decides how many runs to
+    train, and decisions are made on validation, never on the test split that is read once.
+    ``cells``: {variant: its metric}, each in the metric its row is reported in (the crop mode
+    ``top1_crop`` for a crop-mode variant, :func:`reported_metric`), compared with the baseline's
+    ``top1_last`` (default: a sweep's :func:`rule_cells`, the curve of chapter 9; an ablation's
+    every variant in its :func:`reported_metric`). The next seeds are taken where half the pair is already
     trained (the baseline's seeds first, then the variant's), then the smallest unused ones.
     ``core_s`` estimates the single-core seconds of the runs to train from the mean
     ``train_wall_s`` of the same point and variant (None without a timed run); a baseline run
     that two cells need is counted in both. Rows: {point, variant, metric, n, half_width, asks,
     seeds, variant_seeds, baseline_seeds, core_s}, sorted like the results' variants, then point.
     """
+    if results.get("kind") == "ablation":
+        if cells is None:
+            cells = {v: reported_metric(results, v) for v in results.get("variants") or {} if v != baseline}
+        results = as_sweep(results)
     if results.get("kind") != "sweep":
-        raise ValueError("seed_plan needs the results of bench/sweep.py (kind 'sweep')")
+        raise ValueError("seed_plan needs the results of bench/sweep.py (kind 'sweep') or bench/ablation.py")
     if cells is None:
         cells = rule_cells(results)
     runs = results.get("runs", [])
@@ -336,6 +441,34 @@ def seed_plan(results: dict, cells: dict[str, str] | None = None, baseline: str 
             plan.append({"point": pt, "variant": variant, "metric": metric, "n": n, "half_width": hw, "asks": asks,
                          "seeds": seeds, "variant_seeds": v_seeds, "baseline_seeds": b_seeds, "core_s": core})
     return plan
+
+
+def as_sweep(results: dict) -> dict:
+    """An ablation's results as a sweep of one point (``None``), so :func:`seed_plan` and
+    :func:`gain_curve` read both kinds of file the same way."""
+    if results.get("kind") != "ablation":
+        raise ValueError("as_sweep needs the results of bench/ablation.py (kind 'ablation')")
+    return {**results, "kind": "sweep", "points": [{"point": None}],
+            "runs": [{**r, "point": None} for r in results.get("runs", [])]}
+
+
+def reported_metric(results: dict, variant: str) -> str:
+    """The metric a variant's row is reported in: the crop mode (``top1_crop``: the deepest head
+    on the global and the crop view, averaged) for a crop-mode variant, one whose checkpoint is
+    chosen on that mode (``select_by='crop'``); the deepest head (``top1_last``) otherwise."""
+    opts = {**(results.get("base_config") or {}), **((results.get("variants") or {}).get(variant) or {})}
+    return "top1_crop" if opts.get("crop") and opts.get("select_by") == "crop" else "top1_last"
+
+
+def provenance(row: dict) -> str:
+    """Where one results row (a run) came from, in words: the commit that trained it and whether
+    its working tree was dirty, as the row records them (``bench/ablation.py`` writes both into
+    every row it trains); what a row does not record is said to be unknown, never filled in."""
+    commit, dirty = row.get("commit"), row.get("dirty")
+    where = f"commit {commit[:10]}" if commit else "commit unknown"
+    state = {True: "dirty tree", False: "clean tree"}.get(dirty, "tree state unknown")
+    note = row.get("provenance_note")
+    return f"{where}, {state}" + (f" ({note})" if note else "")
 
 
 def _metric_of(run: dict, metric: str, split: str):

@@ -424,9 +424,9 @@ def crop_views(model: FGViT, batch: dict, x: torch.Tensor, cfg: TrainConfig, aut
     model.eval()
     mode = cfg.crop_attention
     with autocast():
-        out = model(x, attn_layers=crop_attention_layers(model.target_layers, mode), full_attn=mode == "rollout")
+        out = model(x, attn_layers=crop_attention_layers(model.target_layers, mode, cfg.crop_block), full_attn=mode == "rollout")
     model.train(was_training)
-    boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers)
+    boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers, cfg.crop_block)
     size = tuple(x.shape[-2:])
     if cfg.crop_boxes == "oracle":
         part = batch["part_box"].to(x.device).float()

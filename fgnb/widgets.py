@@ -274,9 +274,9 @@ class AttentionExplorer(_Explorer):
         super().__init__(model, images, labels=labels, class_names=class_names, **kwargs)
         depth = model.depth
         heads = model.vit.blocks[0].attn.num_heads
-        self.controls["layer"] = W.Dropdown(options=[(f"block {i}", i) for i in range(depth)],
+        self.controls["layer"] = W.Dropdown(options=[(f"layer {i + 1}", i) for i in range(depth)],
                                             value=depth - 1, description="layer")
-        self.controls["head"] = W.Dropdown(options=[("all heads", "all")] + [(f"head {h}", h) for h in range(heads)],
+        self.controls["head"] = W.Dropdown(options=[("all heads", "all")] + [(f"head {h + 1}", h) for h in range(heads)],
                                            value="all", description="head")
         initial = {"image": index, "layer": _layer_index(layer, depth), "head": head}
         for k, v in initial.items():
@@ -304,12 +304,12 @@ class AttentionExplorer(_Explorer):
             for h in range(n_heads):
                 a = self.attn[h]
                 _heat(fig.add_subplot(1, cols, h + 2), img, a, grid, vmax,
-                      title=f"block {layer} head {h}\nmax {float(a.max()):.4f}")
+                      title=f"layer {layer + 1} head {h + 1}\nmax {float(a.max()):.4f}")
         else:
             a = self.attn[head]
             fig.set_size_inches(6.0, 3.0)
             _heat(fig.add_subplot(1, 2, 1), img, a, grid, float(a.max()),
-                  title=f"block {layer}, head {head} over the image (0..max)")
+                  title=f"layer {layer + 1}, head {head + 1} over the image (0..max)")
             ax = fig.add_subplot(1, 2, 2)
             im = ax.imshow(a.view(*grid).numpy(), cmap="inferno", vmin=0.0)
             fig.colorbar(im, ax=ax, fraction=0.046)
@@ -354,7 +354,7 @@ class ThresholdExplorer(_Explorer):
         depth = model.depth
         self.min_size = min_size
         self.controls["mode"] = W.Dropdown(options=list(SCORE_MODES), value="layer", description="scores")
-        self.controls["layer"] = W.Dropdown(options=[(f"block {i}", i) for i in range(depth)],
+        self.controls["layer"] = W.Dropdown(options=[(f"layer {i + 1}", i) for i in range(depth)],
                                             value=depth - 1, description="layer")
         self.controls["scale"] = W.FloatSlider(value=1.0, min=lo, max=hi, step=0.05, description="scale",
                                                continuous_update=False, readout_format=".2f")
@@ -406,7 +406,7 @@ class ThresholdExplorer(_Explorer):
         self.scores, self.mask, self.box = self.compute(index, mode, layer, scale, rule)
         out = self.output(index)
         grid, img = out.grid, self._display_image(index)
-        what = {"layer": f"block {layer}", "cumulative": f"blocks 0..{layer}", "rollout": f"rollout 0..{layer}"}[mode]
+        what = {"layer": f"layer {layer + 1}", "cumulative": f"layers 1..{layer + 1}", "rollout": f"rollout 1..{layer + 1}"}[mode]
         ax = fig.add_subplot(1, 3, 1)
         im = ax.imshow(self.scores.view(*grid).numpy(), cmap="inferno")
         fig.colorbar(im, ax=ax, fraction=0.046)

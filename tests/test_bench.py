@@ -94,10 +94,12 @@ def test_ablation_schema_and_resume(tmp_path):
     rows = ablation_table(res)
     assert rows[0]["variant"] == "last" and "±" in rows[0]["top1_last"]
     assert "| variant |" in ablation_table(res, markdown=True)
-    # Every run folder names the commit that trained it, so a study reading it back keeps it.
+    # Every run folder names the commit that trained it and whether its tree was dirty, so a
+    # study reading it back keeps both (each row its own, not only the file's last run).
     folders = {(r["variant"], r["seed"]): pathlib.Path(r["out"]) for r in res["runs"]}
     for r in res["runs"]:
-        assert json.loads((folders[r["variant"], r["seed"]] / "run_info.json").read_text())["commit"] == r["commit"]
+        info = json.loads((folders[r["variant"], r["seed"]] / "run_info.json").read_text())
+        assert info["commit"] == r["commit"] and info["dirty"] is r["dirty"] and isinstance(r["dirty"], bool)
     # A second call finds every run done and skips it.
     stdout = _run(args, tmp_path)
     assert stdout.count("skipped (done)") == 4
@@ -118,11 +120,11 @@ def test_ablation_schema_and_resume(tmp_path):
     (k0, f0), (k1, f1) = list(folders.items())[:2]
     (f0 / "run_info.json").write_text(json.dumps(json.loads((f0 / "run_info.json").read_text()) | {"commit": "0" * 40}))
     info1 = json.loads((f1 / "run_info.json").read_text())
-    (f1 / "run_info.json").write_text(json.dumps({k: v for k, v in info1.items() if k != "commit"}))
+    (f1 / "run_info.json").write_text(json.dumps({k: v for k, v in info1.items() if k not in ("commit", "dirty")}))
     out.unlink()
     assert _run(args, tmp_path).count("skipped (done)") == 4
-    commits = {(r["variant"], r["seed"]): r["commit"] for r in load_results(out)["runs"]}
-    assert commits[k0] == "0" * 40 and commits[k1] is None
+    rows = {(r["variant"], r["seed"]): r for r in load_results(out)["runs"]}
+    assert rows[k0]["commit"] == "0" * 40 and rows[k1]["commit"] is None and rows[k1]["dirty"] is None
 
 
 def test_results_loader_rejects_other_json(tmp_path):
@@ -179,3 +181,15 @@ def test_another_studys_results_file_does_not_make_the_checkout_dirty(tmp_path, 
     assert common.git_commit(ignore=[tmp_path / "bench" / "results" / "sweep_a.json"])["dirty"] is False
     (tmp_path / "bench" / "sweep.py").write_text("x = 2\n")
     assert common.git_commit(ignore=[tmp_path / "bench" / "results" / "sweep_a.json"])["dirty"] is True
+
+
+def test_a_results_file_outside_the_checkout_leaves_a_changed_script_dirty(tmp_path, monkeypatch):
+    """--out /tmp/x.json: excluding a path outside the checkout must not make git status fail
+    (a failed status once read as a clean tree)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    common = _committed_checkout(repo, monkeypatch, {"bench/boxes.py": "x = 1\n"})
+    outside = tmp_path / "elsewhere" / "boxes.json"
+    assert common.git_commit(ignore=[outside])["dirty"] is False
+    (repo / "bench" / "boxes.py").write_text("x = 2\n")
+    assert common.git_commit(ignore=[outside])["dirty"] is True

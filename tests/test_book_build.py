@@ -3,7 +3,8 @@
 The book is built ONCE per pytest run by the ``built_book`` fixture (tests/conftest.py),
 with ``execute_notebooks: 'off'``: it renders the outputs committed in the chapters,
 which tests/test_notebooks.py proves fresh and nbval proves reproducible. The main
-workflow (``jupyter-book build . -W``) executes every chapter instead (``force``).
+workflow (``jupyter-book build . -W``) executes every chapter instead (``cache``: all of them
+on a fresh clone, then only those whose code changed).
 """
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ BAD = {
     "crop": BOOL,
     "threshold_scale": POSITIVE_FLOAT,
     "min_crop": NON_NEGATIVE_INT,
+    "crop_block": NON_NEGATIVE_INT + [4],                 # depth 4: blocks 0..3
     "crop_weight": [-0.1, 1.5, NAN, INF, "half", None],
     "crop_margin": [-0.1, 4.5, NAN, INF, "wide", None],
     "crop_warmup_epochs": NON_NEGATIVE_INT + [None],

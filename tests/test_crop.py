@@ -67,3 +67,51 @@ def test_attention_boxes_modes():
         attention_boxes(out, "first")
     with pytest.raises(ValueError, match="attn_layers"):
         attention_boxes(m(torch.randn(1, 3, 32, 32)), "last")
+
+
+def test_crop_block_reads_the_chosen_block_and_the_product_up_to_it():
+    """crop_block=l: ``last`` is block l's head product, ``cumulative`` the product over
+    blocks 0..l, ``concentrated`` per image the lowest-entropy block among 0..l."""
+    from fgnb.attention import cumulative_product, head_product
+    from fgnb.crop import attention_scores, crop_attention_layers, most_concentrated
+    from fgnb.model import create_model
+
+    torch.manual_seed(0)
+    m = create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=4, embed_dim=48, num_heads=3)
+    out = m(torch.randn(2, 3, 32, 32), attn_layers="all", full_attn=True)
+    assert crop_attention_layers(m.target_layers, "last", 0) == [0]
+    assert crop_attention_layers(m.target_layers, "cumulative", 1) == [0, 1]
+    assert crop_attention_layers(m.target_layers, "last") == [3]  # default: the deepest target layer
+    (s0,) = attention_scores(out, "last", m.target_layers, block=0)
+    torch.testing.assert_close(s0, head_product(out.attn[0]))
+    (c1,) = attention_scores(out, "cumulative", m.target_layers, block=1)
+    torch.testing.assert_close(c1, cumulative_product([out.attn[0], out.attn[1]])[-1])
+    torch.testing.assert_close(c1, head_product(out.attn[0]) + head_product(out.attn[1]))  # a product in log space
+    # concentrated: make block 2's map of image 0 one-hot-like, so image 0 reads block 2
+    sharp = {**out.attn, 2: out.attn[2].clone()}
+    sharp[2][0] = 1e-6
+    sharp[2][0, :, 5] = 1.0
+    o2 = type(out)(out.logits, out.cls, out.layers, sharp, out.full_attn, out.grid, out.patch_size)
+    (cc,) = attention_scores(o2, "concentrated", m.target_layers, block=2)
+    torch.testing.assert_close(cc[0], head_product(sharp[2])[0])
+    ent = [-(s.log_softmax(-1).exp() * s.log_softmax(-1)).sum(-1)[1] for s in (head_product(sharp[l]) for l in range(3))]
+    best = int(torch.stack(ent).argmin())
+    torch.testing.assert_close(cc[1], head_product(sharp[best])[1])
+    torch.testing.assert_close(most_concentrated([cc, cc]), cc)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="crop_block"):
+            crop_attention_layers(m.target_layers, "last", bad)
+    with pytest.raises(ValueError, match="per_layer"):
+        crop_attention_layers(m.target_layers, "per_layer", 0)
+
+
+def test_crop_block_option_is_checked_against_the_mode_and_the_depth():
+    from fgnb.config import ConfigError, TrainConfig
+
+    assert TrainConfig(crop_block=0, depth=6).validate().crop_block == 0
+    with pytest.raises(ConfigError, match="per_layer"):
+        TrainConfig(crop_block=0, crop_attention="per_layer").validate()
+    with pytest.raises(ConfigError, match=r"blocks 0\.\.5"):
+        TrainConfig(crop_block=6, depth=6).validate()
+    with pytest.raises(ConfigError, match="crop_block"):
+        TrainConfig(crop_block=-1).validate()

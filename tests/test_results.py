@@ -141,3 +141,63 @@ def test_gpu_check_table_reports_each_steps_outcome():
     assert gpu_check_table(res, markdown=True).count("\n") == 6  # header, rule, 5 steps
     with pytest.raises(ValueError, match="gpu_check"):
         gpu_check_table({"kind": "speed"})
+
+
+def test_holm_by_hand():
+    """Holm over m = 4 tests, worked by hand: sorted p 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 are
+    0.04, 0.06, 0.06, 0.04; the running maximum makes them 0.04, 0.06, 0.06, 0.06, so at 0.05 only
+    the smallest survives (Bonferroni would give 0.04, 0.08, 0.12, 0.16; unadjusted, all four)."""
+    from fgnb.results import holm
+
+    rows = holm([0.03, 0.01, 0.04, 0.02])  # input order is kept
+    assert [r["adjusted"] for r in rows] == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert [r["survives"] for r in rows] == [False, True, False, False]
+    assert [r["rank"] for r in rows] == [3, 1, 4, 2]
+    # the step-down stops at the first failure: 0.001 * 3 and 0.02 * 2 survive, 0.04 * 1 would alone
+    # but follows a larger adjusted value; capped at 1; a nan counts in m and never survives
+    assert [r["survives"] for r in holm([0.001, 0.02, 0.04])] == [True, True, True]
+    assert [r["survives"] for r in holm([0.001, 0.03, 0.04])] == [True, False, False]
+    assert holm([0.9, 0.8])[0]["adjusted"] == 1.0
+    with_nan = holm([0.01, float("nan")])
+    assert with_nan[0]["adjusted"] == pytest.approx(0.02) and not with_nan[1]["survives"]
+
+
+def test_t_p_value_matches_the_interval_and_scipy():
+    """p < 0.05 exactly when the 95 % interval excludes zero; the fallback (no scipy) agrees."""
+    from fgnb.results import _betainc, t_p_value
+
+    res = fake({"last": {0: 0.50, 1: 0.40, 2: 0.45, 3: 0.47}, "v": {0: 0.52, 1: 0.43, 2: 0.44, 3: 0.50}})
+    (row,) = paired_differences(res)
+    p = t_p_value(row["mean"], row["sd"], row["n"])
+    assert (p < 0.05) == row["excludes_zero"]
+    # the half-width is t_{n-1} sd / sqrt(n): a mean of exactly that is p = 0.05
+    assert t_p_value(row["half_width"], row["sd"], row["n"]) == pytest.approx(0.05, abs=1e-6)
+    scipy_t = pytest.importorskip("scipy.stats").t
+    for tv, df in [(5.7, 3), (3.1, 21), (0.5, 1), (2.2, 10)]:
+        assert _betainc(df / 2, 0.5, df / (df + tv * tv)) == pytest.approx(2 * scipy_t.sf(tv, df), rel=1e-9)
+
+
+def test_family_against_last_reads_each_row_in_its_reported_metric():
+    """The family: every variant against last, a crop-mode variant (select_by crop) in its crop
+    mode; Holm over all of them."""
+    from fgnb.results import family_against
+
+    runs = []
+    for s in range(4):
+        runs.append({"variant": "last", "seed": s, "test": {"top1_last": 0.40, "top1_crop": 0.0}})
+        runs.append({"variant": "crop", "seed": s, "test": {"top1_last": 0.30, "top1_crop": 0.45 + (s % 2) / 100}})
+        runs.append({"variant": "flat", "seed": s, "test": {"top1_last": 0.40 + (s % 2 - 0.5) / 50}})
+    res = {"kind": "ablation", "base_config": {"select_by": "last"}, "runs": runs,
+           "variants": {"last": {}, "crop": {"crop": True, "select_by": "crop"}, "flat": {}}}
+    crop, flat = family_against(res)
+    assert crop["metric"] == "top1_crop" and crop["mean"] == pytest.approx(5.5) and flat["metric"] == "top1_last"
+    assert crop["survives"] and crop["p_holm"] == pytest.approx(2 * crop["p"]) and not flat["survives"]
+
+
+def test_provenance_says_what_a_row_does_not_record():
+    from fgnb.results import provenance
+
+    assert provenance({"commit": "0123456789abcdef", "dirty": False}) == "commit 0123456789, clean tree"
+    assert provenance({"commit": "0123456789abcdef", "dirty": True}) == "commit 0123456789, dirty tree"
+    assert provenance({"commit": None}) == "commit unknown, tree state unknown"
+    assert provenance({"commit": "abc", "provenance_note": "x"}).endswith("tree state unknown (x)")

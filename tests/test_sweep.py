@@ -248,12 +248,15 @@ def test_gain_curve_pairs_a_crop_mode_against_the_baselines_last_head():
 
 def test_seed_plan_lists_what_the_seed_rule_still_asks_for(sweep):
     """fgnb.results.seed_plan (``bench/sweep.py --plan``): cells that meet the rule are left out,
-    the others ask for seeds_needed(sd) and take the seeds whose other half is trained first."""
+    the others ask for seeds_needed(sd) and take the seeds whose other half is trained first.
+    The spread is read on validation: every run's test split here is one constant, on which
+    every cell would meet the rule, so a plan that read test would be empty."""
     from fgnb.results import seed_plan, seeds_needed
 
     def run(point, variant, seed, acc, crop=None, wall=None):
         return {"point": point, "variant": variant, "seed": seed, "train_wall_s": wall,
-                "test": {"top1_last": acc, "top1_crop": acc if crop is None else crop}}
+                "val": {"top1_last": acc, "top1_crop": acc if crop is None else crop},
+                "test": {"top1_last": 0.5, "top1_crop": 0.5}}
 
     runs = [run(p, "last", s, 0.5, wall=100.0 + s) for p in (32, 64) for s in range(6)]
     runs += [run(32, "A", s, 0.5 + d / 100, wall=400.0) for s, d in enumerate([1, 2, 1, 2])]  # meets the rule
@@ -285,8 +288,33 @@ def test_seed_plan_lists_what_the_seed_rule_still_asks_for(sweep):
     assert (32, "B") in [(r["point"], r["variant"]) for r in seed_plan(res, {"B": "top1_last"})]
     wide = seed_plan(res, {"A": "top1_last"}, half_width=20)[0]
     assert (wide["point"], wide["asks"], wide["seeds"], wide["baseline_seeds"]) == (64, 4, [3], [])
+    # read on test (the split the rule must not look at), nothing is short but the points with too few pairs
+    assert [(r["point"], r["variant"]) for r in seed_plan(res, {"A": "top1_last", "B": "top1_crop"}, split="test")] \
+        == [(64, "A"), (96, "A"), (64, "B"), (96, "B")] and seed_plan(res, {"A": "top1_last"}, split="test")[0]["asks"] == 4
     with pytest.raises(ValueError, match="sweep"):
-        seed_plan({"kind": "ablation", "runs": []})
+        seed_plan({"kind": "speed", "runs": []})
+
+
+def test_seed_plan_reads_an_ablation_as_one_point_in_each_rows_reported_metric():
+    """``bench/ablation.py --plan``: every variant against `last`, a crop-mode variant (select_by
+    crop) in its crop mode, the others on the deepest head; the spread read on validation."""
+    from fgnb.results import reported_metric, seed_plan
+
+    def run(variant, seed, last, crop):
+        return {"variant": variant, "seed": seed, "val": {"top1_last": last, "top1_crop": crop},
+                "test": {"top1_last": 0.5, "top1_crop": 0.5}}
+
+    runs = [run("last", s, 0.5, 0.5) for s in range(4)]
+    # `wide` varies on its deepest head; `zoom`, a crop-mode variant, is 2 points up in its crop
+    # mode on every seed while its deepest head varies as much as `wide`'s
+    runs += [run("wide", s, 0.5 + d / 100, 0.5) for s, d in enumerate([-9, 9, -9, 9])]
+    runs += [run("zoom", s, 0.5 + d / 100, 0.52) for s, d in enumerate([-9, 9, -9, 9])]
+    res = {"kind": "ablation", "base_config": {"select_by": "last"}, "runs": runs,
+           "variants": {"last": {}, "wide": {"crop": True}, "zoom": {"crop": True, "select_by": "crop"}}}
+    assert reported_metric(res, "wide") == "top1_last" and reported_metric(res, "zoom") == "top1_crop"
+    plan = seed_plan(res)
+    assert [(r["point"], r["variant"], r["metric"], r["n"]) for r in plan] == [(None, "wide", "top1_last", 4)]
+    assert seed_plan(res, split="test") == []  # the test split is flat: reading it would plan nothing
 
 
 def test_rule_cells_are_the_sweeps_curve_and_seed_plans_default(sweep):
@@ -318,8 +346,8 @@ def test_plan_command_resumes_with_the_files_own_options(sweep):
 def test_plan_option_prints_the_cells_and_trains_nothing(sweep, tmp_path, capsys, monkeypatch):
     sweep_mod, ablation = sweep
     monkeypatch.setattr(ablation, "run_plan", lambda *a, **k: pytest.fail("--plan trained"))
-    runs = [{"point": 32, "variant": v, "seed": s, "train_wall_s": 10.0, "test": {"top1_last": 0.5 + (v != "last") * d}}
-            for s, d in enumerate([0.0, 0.2, -0.2]) for v in ("last", "progressive+crop")]
+    runs = [{"point": 32, "variant": v, "seed": s, "train_wall_s": 10.0, "val": {"top1_last": 0.5 + (v != "last") * d},
+             "test": {"top1_last": 0.5}} for s, d in enumerate([0.0, 0.2, -0.2]) for v in ("last", "progressive+crop")]
     out = tmp_path / "s.json"
     out.write_text(json.dumps({"kind": "sweep", "command": f"python bench/sweep.py --out {out} --points 32 --seeds 0",
                                "variants": {"last": {}, "progressive+crop": {}}, "points": [{"point": 32}],
@@ -327,13 +355,13 @@ def test_plan_option_prints_the_cells_and_trains_nothing(sweep, tmp_path, capsys
     assert sweep_mod.main(["--plan", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     asks = __import__("fgnb.results", fromlist=["x"]).seeds_needed(20.0, 1.5, least=4)
-    assert f"32 px  progressive+crop (top1_last): n=3, +-" in text and f"asks for {asks}" in text
+    assert f"32 px  progressive+crop (top1_last, validation): n=3, +-" in text and f"asks for {asks}" in text
     assert f"--out {out} --points 32 --seeds {' '.join(map(str, range(3, asks)))} --variants progressive+crop last" in text
-    runs[3]["test"]["top1_last"] = runs[5]["test"]["top1_last"] = 0.5  # d = 0, 0, 0 and a fourth seed
+    runs[3]["val"]["top1_last"] = runs[5]["val"]["top1_last"] = 0.5  # d = 0, 0, 0 and a fourth seed
     runs += [{**runs[0], "seed": 3}, {**runs[1], "seed": 3}]
     out.write_text(json.dumps({**json.loads(out.read_text()), "runs": runs}))
     sweep_mod.main(["--plan", "--out", str(out)])
-    assert "every cell of progressive+crop meets the seed rule" in capsys.readouterr().out
+    assert "every cell meets the seed rule on validation" in capsys.readouterr().out
 
 
 def test_gain_plot_draws_each_gain_and_interval_where_the_rows_say():
@@ -354,7 +382,9 @@ def test_gain_plot_draws_each_gain_and_interval_where_the_rows_say():
         assert list(ys) == pytest.approx([r["mean"] for r in mine])
         assert list(xs) == pytest.approx([r["x"] for r in mine], abs=0.02 * (5.2 - 2.6))  # dodged sideways only
         segs = vbars.get_segments()
-        assert [(s[0][1], s[1][1]) for s in segs] == pytest.approx([(r["low"], r["high"]) for r in mine])
+        # flat lists: pytest 9 refuses nested structures inside approx (pytest 8 took them)
+        assert [s[0][1] for s in segs] == pytest.approx([r["low"] for r in mine])
+        assert [s[1][1] for s in segs] == pytest.approx([r["high"] for r in mine])
     # the zero line: across the axes (x in axes fraction), at y = 0
     assert any(list(ln.get_xdata()) == [0, 1] and list(ln.get_ydata()) == [0, 0] for ln in ax.get_lines())
     import matplotlib.pyplot as plt
