@@ -104,6 +104,16 @@ def test_guard_stops_a_run_that_does_not_fit_and_names_the_options():
     assert memory.check_fits(cfg, CLASSES, torch.device("cpu")) is cfg
 
 
+def test_a_plan_that_fails_warns_and_the_run_goes_on(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("fake tensors changed")
+
+    monkeypatch.setattr(memory, "step_memory", broken)
+    cfg = TrainConfig(**SMALL)
+    with pytest.warns(UserWarning, match="could not plan this run's memory.*fake tensors changed"):
+        assert memory.check_fits(cfg, CLASSES, torch.device("cpu"), free_bytes=2**30) is cfg
+
+
 def test_auto_batch_scales_the_learning_rate_linearly():
     cfg = TrainConfig(**SMALL, strategy="last", batch_size="auto", lr=0.01, lr_batch=16)
     free = int(memory.step_memory(cfg.replace(batch_size=16), CLASSES, 24).peak / memory.HEADROOM) + 1
