@@ -31,6 +31,7 @@ from . import distributed as dist
 from .config import DERIVED, SYNTHETIC, ConfigError, TrainConfig, option_differences
 from .crop import attention_boxes, crop_and_resize, crop_attention_layers, expand_boxes, random_boxes_like, scale_boxes
 from .data import build_dataset
+from .memory import check_fits
 from .model import FGViT, create_model
 from .strategies import NonFiniteLossError, StepContext, make_strategy
 
@@ -671,6 +672,8 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
     # Unreadable files left out or passed over (on_error=skip): path -> None, in order.
     skipped = dict.fromkeys(p for ds in data.values() if ds is not None for p in ds.skipped)
     num_classes = data["train"].num_classes
+    # Stop now, not at an out-of-memory error an hour in; resolves batch_size=auto (fgnb.memory).
+    cfg = check_fits(cfg, num_classes, device, dist.world_size())
     _seed_everything(cfg.seed)
     model = build_model(cfg, num_classes).to(device)
     dist.broadcast_parameters(model)
