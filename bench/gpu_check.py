@@ -18,6 +18,17 @@ step does not hide the others; every step has a time budget inside the total):
 5. ``torchrun``: with 2 or more GPUs, the 2-process (NCCL) training against 1 process.
 
 Results: ``bench/results/gpu_check_cuda.json`` (kind ``gpu_check``) by default.
+
+``--full`` (``bash bench/gpu_check.sh --full``, <= 8 minutes, its own results file
+``bench/results/gpu_full_cuda.json``, kind ``gpu_full``) is the full recipe's check instead:
+``env``, then ``full``: chapter 7's ``full`` profile (timm's ViT-B/16 at 448 px, random
+weights: nothing can be downloaded there; batch 16, SGD, ``amp='auto'``) trained on a
+CUB-layout synthetic set at CUB's image size (500 x 375, :data:`fgnb.synthetic.CUB_SHAPE`)
+for 2 epochs of ``--full-batches`` batches, for every strategy x crop. Each cell records the
+peak ``torch.cuda.max_memory_allocated`` of the run, the plan's estimate of it
+(:func:`fgnb.memory.step_memory`) and the error, and the images/s of the second (warm)
+epoch, with and without the time spent waiting for data. ``--tiny`` swaps in a small ViT and
+a few batches, so the step can be tried on a CPU (``--device cpu``: no peak is measured).
 """
 from __future__ import annotations
 
@@ -36,8 +47,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 STEPS = ("env", "speed", "runs", "chapter7", "torchrun")
-#: seconds each step may take (the total stays under the 8 minutes of gpu_check.sh)
-BUDGET = {"env": 30, "speed": 150, "runs": 120, "chapter7": 90, "torchrun": 60}
+#: the steps of --full (its own results file)
+FULL_STEPS = ("env", "full")
+#: seconds each step may take (the total of STEPS, and of FULL_STEPS, stays under the 8 minutes of gpu_check.sh)
+BUDGET = {"env": 30, "speed": 150, "runs": 120, "chapter7": 90, "torchrun": 60, "full": 420}
 CHAPTER7 = ROOT / "notebooks" / "07_full_training_gpu.ipynb"
 #: the small synthetic run: the CPU profile's architecture, a few batches
 RUN = dict(dataset="synthetic", epochs=1, limit_batches=4, batch_size=32, val_fraction=0.1, progress=False,
@@ -149,7 +162,7 @@ def chapter7_parameters(a, out: str) -> dict:
     from fgnb.config import SYNTHETIC_ARCH
 
     return dict(profile="full", download=False, out=out, epochs=2, simulate_disconnect=True,
-                overrides=dict(dataset="synthetic", **SYNTHETIC_ARCH, img_size=64, resize_size=73,
+                overrides=dict(dataset="synthetic", **SYNTHETIC_ARCH, img_size=64, resize_size=73, source_size=256,
                                weights="fgnb:synthetic", pretrained=False, device=a.device, workers=2,
                                batch_size=32, limit_batches=6))
 
@@ -190,20 +203,106 @@ def step_torchrun(a, res) -> dict:
     return out
 
 
-RUNNERS = {"env": step_env, "speed": step_speed, "runs": step_runs, "chapter7": step_chapter7, "torchrun": step_torchrun}
+#: the full recipe's cells and the fixture they train on: 20 species of 500 x 375 images (as many per
+#: species as the epochs' batches need: 48 for 60 batches of 16)
+FULL_CELLS = [dict(strategy=s, crop=c) for s in ("last", "summed", "progressive") for c in (False, True)]
+FULL_FIXTURE = dict(num_classes=20, train_per_class=24, test_per_class=1, size=256)
+#: --tiny: the same cells with a small ViT at the full recipe's sizes, a few batches (a CPU can try it)
+TINY = dict(model=dict(model="vit_tiny_patch16_224", patch_size=16, depth=3, embed_dim=48, num_heads=3, batch_size=4,
+                       workers=0), fixture=dict(num_classes=2, train_per_class=4, test_per_class=1, size=128), batches=2)
+
+
+def full_config(a, cell: dict, root: str, out: str):
+    """Chapter 7's full profile on the fixture, for one strategy x crop cell."""
+    import fgnb.book
+    from fgnb.config import TrainConfig
+
+    opts = fgnb.book.profile("full", root, **cell, weights=None, pretrained=False, device=a.device, epochs=2,
+                             limit_batches=a.full_batches, val_fraction=0.0, progress=False, checkpoint_minutes=0,
+                             out=out, **(TINY["model"] if a.tiny else {}))
+    opts.pop("profile")
+    if a.tiny:
+        opts["limit_batches"] = TINY["batches"]
+    return TrainConfig(**opts)
+
+
+def step_full(a, res) -> dict:
+    import torch
+
+    from fgnb import memory
+    from fgnb.synthetic import CUB_SHAPE, generate
+    from fgnb.train import train
+
+    cap = res.get("env", {}).get("capability")
+    cuda = a.device.startswith("cuda")
+    deadline = time.monotonic() + BUDGET["full"]
+    fixture = {**(TINY["fixture"] if a.tiny else FULL_FIXTURE), "shape": CUB_SHAPE}
+    # enough training images for the epochs' batches (a short epoch would time less than asked)
+    cfg = full_config(a, FULL_CELLS[0], "ROOT", "OUT")
+    need = -(-cfg.limit_batches * cfg.batch_size // fixture["num_classes"])
+    fixture["train_per_class"] = max(fixture["train_per_class"], need)
+    out = {"fixture": fixture, "tiny": a.tiny, "cells": []}
+    with tempfile.TemporaryDirectory(prefix="fgnb-gpu-full-") as tmp:
+        t0 = time.perf_counter()
+        root = str(generate(os.path.join(tmp, "CUB_200_2011"), **fixture))
+        out["fixture_seconds"] = round(time.perf_counter() - t0, 1)
+        for i, cell in enumerate(FULL_CELLS):
+            cfg = full_config(a, cell, root, os.path.join(tmp, f"run{i}"))
+            row = {**cell, "batch": cfg.batch_size, "img_size": cfg.img_size, "source_size": cfg.source_size,
+                   "model": cfg.model, "batches_per_epoch": cfg.limit_batches}
+            if time.monotonic() > deadline:
+                out["cells"].append({**row, "skipped": "out of time"})
+                continue
+            plan = memory.step_memory(cfg, fixture["num_classes"], cfg.batch_size, device_type="cuda",
+                                      capability=tuple(cap) if cap else (8, 0))
+            row.update(amp=plan.amp, plan_gib=plan.peak / memory.GiB)
+            t0 = time.perf_counter()
+            try:
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                r = train(cfg)
+                warm = r["history"][-1]  # epoch 2: cuDNN/cuBLAS set-up and the first allocations are behind
+                compute_s = warm["epoch_time_s"] - warm["data_time_s"]
+                row.update(ok=True, images_per_s=warm["images_per_s"], data_share=warm["data_time_s"] / warm["epoch_time_s"],
+                           images_per_s_compute=warm["images_per_s"] * warm["epoch_time_s"] / max(compute_s, 1e-9))
+                if cuda:
+                    peak = torch.cuda.max_memory_allocated() - before
+                    row.update(peak_gib=peak / memory.GiB, plan_error=(plan.peak - peak) / peak,
+                               reserved_gib=torch.cuda.max_memory_reserved() / memory.GiB)
+            except Exception as e:  # an out-of-memory error is a result too: the plan beside it says by how much
+                row.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000], traceback=traceback.format_exc()[-2000:])
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            print(json.dumps({k: row.get(k) for k in ("strategy", "crop", "plan_gib", "peak_gib", "plan_error",
+                                                      "images_per_s", "ok", "seconds")}), flush=True)
+            out["cells"].append(row)
+    errors = [abs(c["plan_error"]) for c in out["cells"] if "plan_error" in c]
+    out["max_abs_plan_error"] = max(errors) if errors else None
+    return out
+
+
+RUNNERS = {"env": step_env, "speed": step_speed, "runs": step_runs, "chapter7": step_chapter7, "torchrun": step_torchrun, "full": step_full}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check_cuda.json"))
+    p.add_argument("--out", default=None, help="results file (default: bench/results/gpu_check_cuda.json, with "
+                                                "--full gpu_full_cuda.json)")
     p.add_argument("--device", default="cuda", help="torch device (cpu: to try the steps without a GPU)")
-    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    p.add_argument("--steps", nargs="+", default=None, choices=(*STEPS, "full"),
+                   help=f"default: {' '.join(STEPS)}; with --full: {' '.join(FULL_STEPS)}")
+    p.add_argument("--full", action="store_true", help="the full recipe's memory and speed check (see above)")
+    p.add_argument("--full-batches", type=int, default=60, help="--full: batches per epoch (2 epochs per cell)")
+    p.add_argument("--tiny", action="store_true", help="--full with a small ViT and a few batches (a CPU can run it)")
     p.add_argument("--max-runs", type=int, default=None, help="at most this many synthetic runs (step 'runs')")
     p.add_argument("--dry-run", action="store_true", help="print and check the plan; run nothing, write nothing")
     a = p.parse_args(argv)
+    a.steps = a.steps or list(FULL_STEPS if a.full else STEPS)
+    a.out = a.out or str(ROOT / "bench" / "results" / ("gpu_full_cuda.json" if a.full else "gpu_check_cuda.json"))
     if a.dry_run:
         return dry_run(a)
-    res = {"kind": "gpu_check", "schema": 1, "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    res = {"kind": "gpu_full" if a.full else "gpu_check", "schema": 1, "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "budget_s": {s: BUDGET[s] for s in a.steps}, "steps": list(a.steps)}
     for name in a.steps:
         t0 = time.perf_counter()
@@ -252,7 +351,17 @@ def dry_run(a) -> int:
         TrainConfig(**{k: v for k, v in fgnb.book.profile("full", None, **params["overrides"]).items() if k != "profile"})
     except Exception as e:
         problems.append(f"chapter 7's full profile with the check's overrides: {e}")
+    if "full" in a.steps:
+        for cell in FULL_CELLS:
+            try:
+                full_config(a, cell, "ROOT", "OUT")
+            except Exception as e:
+                problems.append(f"full {cell}: {e}")
     print(f"steps: {', '.join(a.steps)}; budgets {BUDGET} (total {sum(BUDGET[s] for s in a.steps)} s)")
+    if "full" in a.steps:
+        cfg = full_config(a, FULL_CELLS[0], "ROOT", "OUT")
+        print(f"full: {len(FULL_CELLS)} cells ({cfg.model} at {cfg.img_size} px, batch {cfg.batch_size}, 2 epochs of "
+              f"{cfg.limit_batches} batches) on a {FULL_FIXTURE} fixture of 500 x 375 images -> {a.out}")
     if "speed" in a.steps:
         for cmd in speed_commands(a, (8, 0)):
             print("speed:", " ".join(cmd[1:]))

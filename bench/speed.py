@@ -132,7 +132,7 @@ class TimmStep:
 
 
 class FgnbStep:
-    """One fgnb batch through :class:`fgnb.train.BatchStep`, the very step ``fgnb.train.train``
+    """One fgnb batch through :class:`fgnb.step.BatchStep`, the very step ``fgnb.train.train``
     takes for ``cfg``: the strategy's step(s) and, with ``crop``, the boxes' eval-mode forward
     (``crop_views``, crops cut from a 4x source view) and the joint step
     (``crop_update='joint'``) or the strategy's steps on every distinct crop set (``separate``).
@@ -141,7 +141,7 @@ class FgnbStep:
 
     def __init__(self, cfg, num_classes, device):
         from fgnb.pretrained import build_model
-        from fgnb.train import BatchStep
+        from fgnb.step import BatchStep
         self.cfg = cfg
         self.model = build_model(cfg, num_classes).to(device).train()
         self.step = BatchStep(cfg, self.model, torch.device(device))

@@ -5,6 +5,7 @@
     python -m fgnb evaluate runs/default/best.pt
     python -m fgnb predict runs/default/best.pt bird.jpg --top-k 5
     python -m fgnb export runs/default/best.pt backbone.safetensors   # timm weights
+    python -m fgnb plan --config bench/configs/cub_vitb16_448.yaml    # GPU memory, before the run
 """
 from __future__ import annotations
 
@@ -35,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--out-dir", default=None, help="where the overlay PNGs go (default: next to the checkpoint)")
     pr.add_argument("--device", default="auto")
+    pl = sub.add_parser("plan", help="peak GPU memory of a run's step for every strategy x crop x batch, and the "
+                                     "cards it fits (fgnb.memory; no GPU needed)")
+    add_config_arguments(pl)
+    pl.add_argument("--batches", type=int, nargs="+", default=None,
+                    help="batch sizes per process to plan (default: the config's batch and twice it; 16 32 for auto)")
+    pl.add_argument("--strategies", nargs="+", default=["last", "summed", "progressive"],
+                    choices=["last", "summed", "progressive"], help="strategies to plan (default: all three)")
+    pl.add_argument("--capability", default="8.0", help="CUDA compute capability of the card, which sets what amp=auto "
+                                                        "means: 7.5 (T4) fp16, 8.0 and up bf16 (default 8.0)")
+    pl.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: known for "
+                                                                  "cub, aircraft, flowers, pets, synthetic)")
     ex = sub.add_parser("export", help="write a checkpoint's backbone as timm .safetensors weights (loadable with weights=)")
     ex.add_argument("checkpoint")
     ex.add_argument("out", help="the .safetensors file to write")
@@ -72,6 +84,28 @@ def _predict(args) -> list[dict]:
     return results
 
 
+def _plan(args) -> list:
+    from . import memory
+
+    cfg = config_from_args(args)
+    try:
+        capability = tuple(int(v) for v in args.capability.split("."))
+    except ValueError:
+        raise ConfigError(f"--capability {args.capability!r}: give major.minor, e.g. 7.5 or 8.0") from None
+    base = cfg.batch_size if cfg.batch_size != "auto" else 16
+    batches = sorted(set(args.batches or [base, 2 * base]))
+    classes = args.num_classes or memory.num_classes_of(cfg)
+    print(f"{cfg.model} at {cfg.img_size} px, {classes} classes, {cfg.optimizer}, amp={cfg.amp} on capability "
+          f"{args.capability}; peak GiB per process of a training step (fgnb.memory):\n")
+    rows = memory.plan(cfg.replace(batch_size=base), classes, batches, strategies=args.strategies, capability=capability)
+    print(memory.format_plan(rows))
+    if len(batches) > 1:
+        print(f"\nlargest batch per card (the line through batch {batches[0]} and {batches[-1]}):\n")
+        print(memory.format_largest(rows))
+    print(f"\nfits: peak <= {memory.HEADROOM:.0%} of (card - {memory.CONTEXT_GIB} GiB for the CUDA context)")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -89,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(res["test"], indent=2))
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "plan":
+            _plan(args)
         elif args.command == "export":
             from .checkpoints import export_checkpoint
 

@@ -99,6 +99,9 @@ def _check_type(name: str, kind: str, v) -> None:
     if kind.startswith("bool"):
         if not isinstance(v, bool):
             raise ConfigError(f"{name} must be true or false, got {v!r}")
+    elif kind.startswith("int | str") and isinstance(v, str):
+        if v != "auto":
+            raise ConfigError(f"{name} must be a whole number or auto, got {v!r}")
     elif kind.startswith("int"):
         if isinstance(v, bool) or not isinstance(v, (int, list) if "list" in kind else int):
             raise ConfigError(f"{name} must be a whole number{' or a list' if 'list' in kind else ''}, got {v!r}")
@@ -113,7 +116,7 @@ def _check_type(name: str, kind: str, v) -> None:
 _RANGES = (
     (("img_size", "epochs", "batch_size", "source_size", "resize_size", "synthetic_classes",
       "synthetic_train_per_class", "synthetic_test_per_class", "patch_size", "depth", "embed_dim", "num_heads",
-      "head_hidden", "limit_batches", "lr", "threshold_scale", "clip_grad", "steps_per_batch"), lambda v: v > 0, "> 0"),
+      "head_hidden", "limit_batches", "lr", "lr_batch", "threshold_scale", "clip_grad", "steps_per_batch"), lambda v: v > 0, "> 0"),
     (("synthetic_difficulty", "synthetic_first_class", "min_crop", "weight_decay", "warmup_epochs", "workers",
       "crop_warmup_epochs", "crop_block"),
      lambda v: v >= 0, ">= 0"),
@@ -186,9 +189,11 @@ class TrainConfig:
     select_by: str = opt("last", "inference mode that picks the best checkpoint on validation", ("last", "mean", "crop", "crop_only"), role="experiment")
     # optimisation
     epochs: int = opt(8, "training epochs")
-    batch_size: int = opt(32, "images per batch (global, over all processes)")
+    batch_size: int | str = opt(32, "images per batch (global, over all processes); auto: the largest batch whose step fits "
+                                    "the CUDA GPU's free memory (fgnb.memory plans it), with lr scaled linearly from lr_batch")
     optimizer: str = opt("adamw", "optimizer", ("adamw", "sgd"))
     lr: float = opt(1e-3, "peak learning rate")
+    lr_batch: int | None = opt(None, "the batch size lr is meant for; batch_size=auto trains with lr x batch / lr_batch")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(0.05, "weight decay")
     warmup_epochs: float = opt(1.0, "linear warm-up, in epochs, then cosine decay to zero")
@@ -236,7 +241,7 @@ class TrainConfig:
         for names, ok, rule in _RANGES:
             for name in names:
                 v = getattr(self, name)
-                if v is not None and not ok(v):
+                if v is not None and v != "auto" and not ok(v):
                     raise ConfigError(f"{name} must be {rule}, got {v!r}")
         for name in ("data_root", "weights", "model", "out", "device"):
             if getattr(self, name) == "":

@@ -39,10 +39,13 @@ from PIL import Image, ImageDraw, ImageFilter
 __all__ = [
     "GENERATOR_VERSION", "DEFAULTS", "CLASS_SPECS", "class_specs", "class_names",
     "render", "CUES", "cue_points", "generate", "default_root", "ensure_synthetic", "eye_ring_diameter",
-    "eye_ring_diameters", "image_seeds", "RING_RADIUS", "PUPIL_RADIUS",
+    "eye_ring_diameters", "image_seeds", "RING_RADIUS", "PUPIL_RADIUS", "CUB_SHAPE",
 ]
 
 GENERATOR_VERSION = 3
+
+#: CUB-200-2011's typical image, width x height (most of its photos are 500 px wide, 4:3 or close)
+CUB_SHAPE = (500, 375)
 
 #: Defaults of the calibrated CPU set-up (species 1-10); the record is ``book/dataset.md``.
 DEFAULTS = dict(num_classes=10, train_per_class=100, test_per_class=40, size=256,
@@ -346,13 +349,24 @@ def render(class_index: int, seed, size: int = 256, difficulty: float = 1.0):
 
 
 # --- writing the CUB layout --------------------------------------------------
-def _params(num_classes, train_per_class, test_per_class, size, seed, difficulty, first_class=0):
+def _params(num_classes, train_per_class, test_per_class, size, seed, difficulty, first_class=0, shape=None):
     p = dict(version=GENERATOR_VERSION, num_classes=int(num_classes),
              train_per_class=int(train_per_class), test_per_class=int(test_per_class),
              size=int(size), seed=int(seed), difficulty=float(difficulty))
     if first_class:  # only when set, so the default sets keep their cache keys
         p["first_class"] = int(first_class)
+    if shape is not None:  # likewise
+        w, h = shape
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            raise ValueError(f"shape=(width, height) in whole pixels > 0, got {shape!r}")
+        p["shape"] = [w, h]
     return p
+
+
+def _stretch(p: dict) -> tuple[float, float]:
+    """(sx, sy): how a set with ``shape`` stretches the square render to width x height."""
+    w, h = p.get("shape", (p["size"], p["size"]))
+    return w / p["size"], h / p["size"]
 
 
 def _is_complete(root: pathlib.Path) -> dict | None:
@@ -371,7 +385,7 @@ def generate(root, num_classes: int = DEFAULTS["num_classes"],
              size: int = DEFAULTS["size"], seed: int = DEFAULTS["seed"],
              difficulty: float = DEFAULTS["difficulty"],
              first_class: int = DEFAULTS["first_class"],
-             overwrite: bool = False) -> pathlib.Path:
+             overwrite: bool = False, shape: tuple[int, int] | None = None) -> pathlib.Path:
     """Write the synthetic set to ``root`` in CUB-200-2011 layout; return ``root``.
 
     Same parameters -> byte-identical files. Writing goes into a temporary
@@ -382,10 +396,14 @@ def generate(root, num_classes: int = DEFAULTS["num_classes"],
     ``overwrite=True``. ``first_class`` picks which of the 30 species the set holds
     (species ``first_class`` .. ``first_class + num_classes - 1``): the CPU profile's
     pre-trained weights come from species 11-30, the default set is species 1-10.
+    ``shape=(width, height)`` stretches every square render to that size, boxes and
+    part points with it: ``shape=CUB_SHAPE`` writes images of CUB's typical 500 x 375, so
+    the full recipe's transform (600 -> 448, the 896 px source view) runs on the sizes it
+    meets on CUB (chapter 7's memory and speed check, ``bench/gpu_check.py``).
     Chapter 1 explains the data.
     """
     root = pathlib.Path(root).expanduser()
-    params = _params(num_classes, train_per_class, test_per_class, size, seed, difficulty, first_class)
+    params = _params(num_classes, train_per_class, test_per_class, size, seed, difficulty, first_class, shape)
     class_names(num_classes, first_class)  # validates both
     if root.exists():
         have = _is_complete(root)
@@ -427,6 +445,10 @@ def _write(out: pathlib.Path, p: dict) -> None:
         for j in range(n_tr + n_te):
             img_id += 1
             img, ob, pb = render(first + c, (p["seed"], first + c, j), p["size"], p["difficulty"])
+            if "shape" in p:
+                sx, sy = _stretch(p)
+                img = img.resize(tuple(p["shape"]), Image.BICUBIC)
+                ob, pb = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in (ob, pb)]
             rel = f"{cname}/{cname.split('.', 1)[1]}_{j + 1:04d}.jpg"
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=92)
@@ -478,9 +500,10 @@ def _write_cues(out: pathlib.Path, p: dict) -> None:
     try:
         (tmp / "parts.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(CUES)))
         lines = []
+        sx, sy = _stretch(p)
         for img_id, cls, j in _images_in_order(p):
             pts = cue_points(cls, (p["seed"], cls, j), p["size"], p["difficulty"])
-            lines += [f"{img_id} {i + 1} {pts[c][0]:.1f} {pts[c][1]:.1f} 1\n" for i, c in enumerate(CUES)]
+            lines += [f"{img_id} {i + 1} {pts[c][0] * sx:.1f} {pts[c][1] * sy:.1f} 1\n" for i, c in enumerate(CUES)]
         (tmp / "part_locs.txt").write_text("".join(lines))
         try:
             os.rename(tmp, out / "parts")

@@ -6,8 +6,8 @@ every epoch ends with an atomic checkpoint and metrics files (:mod:`fgnb.checkpo
 NaN/inf loss stops the run with the last good checkpoint kept, and ``resume=True``
 continues so that the final weights equal those of an uninterrupted run (on CPU, same
 seed). Under ``torchrun`` the same code trains with one process per device (see
-:mod:`fgnb.distributed`). A batch's updates are :class:`BatchStep`'s, the very step that
-``bench/speed.py`` times.
+:mod:`fgnb.distributed`). A batch's updates are :class:`fgnb.step.BatchStep`'s, the very step
+that ``bench/speed.py`` times.
 """
 from __future__ import annotations
 
@@ -28,15 +28,14 @@ from .atomic import atomic_write
 from .checkpoints import (CHECKPOINT_VERSION, check_resume, checkpoint_interval, load_checkpoint, load_weights,
                           report_skipped, rng_state, save_checkpoint, set_rng_state, write_metrics)
 from .config import TrainConfig
-from .crop import crop_views
-from .devices import autocast_for, loader_workers, select_device
+from .devices import loader_workers, select_device
 from .evaluation import evaluate
 from .loaders import EpochBatchSampler, SeededItems, build_data, eval_loader, normalisation, passed_over
-from .model import FGViT
+from .memory import check_fits
 from .pretrained import build_model
-from .strategies import StepContext, make_strategy
+from .step import BatchStep
 
-__all__ = ["train", "BatchStep", "make_optimizer", "warmup_cosine"]
+__all__ = ["train", "warmup_cosine"]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -62,6 +61,8 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
     # Unreadable files left out or passed over (on_error=skip): path -> None, in order.
     skipped = dict.fromkeys(p for ds in data.values() if ds is not None for p in ds.skipped)
 
+    # Stop now, not at an out-of-memory error an hour in; resolves batch_size=auto (fgnb.memory).
+    cfg = check_fits(cfg, data["train"].num_classes, device, dist.world_size())
     # Model (seeded again: the same start whatever the data's preparation drew), and its loaders.
     _seed_everything(cfg.seed)
     model = build_model(cfg, data["train"].num_classes).to(device)
@@ -99,18 +100,6 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None,
 
 
 # ----------------------------------------------------------------------------- optimisation
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (or SGD with momentum) over the trainable parameters, with weight decay on the weights."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # Biases, norms, tokens and position embeddings take no weight decay (as timm).
-        (no_decay if p.ndim <= 1 or n.endswith(("cls_token", "pos_embed", "reg_token")) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -119,44 +108,6 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class BatchStep:
-    """One batch's updates, as training takes them (and ``bench/speed.py`` times them).
-
-    From epoch ``crop_warmup_epochs`` on, with ``crop=True``, the crop branch first reads its
-    boxes from the model as it is before the batch's updates (:func:`fgnb.crop.crop_views`).
-    Then ``steps_per_batch`` times (the equal-budget control; 1 by default): the strategy's
-    step, whose every stage also takes the crop view's loss (``crop_update='joint'``), or
-    the strategy's step on the batch and its own steps on every distinct crop set
-    (``'separate'``). Calling it returns the head losses of each step and of each crop step.
-    """
-
-    def __init__(self, cfg: TrainConfig, model: FGViT, device: torch.device):
-        self.cfg, self.model = cfg, model
-        self.optimizer = make_optimizer(model, cfg)
-        autocast, scaler = autocast_for(device, cfg.amp)
-        self.strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
-        self.ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad, grad_sync=dist.sync_gradients,
-                               label_smoothing=cfg.label_smoothing, crop_weight=cfg.crop_weight)
-
-    def __call__(self, batch: dict, x: torch.Tensor, y: torch.Tensor, epoch: int = 0):
-        cfg, model, opt, ctx, step = self.cfg, self.model, self.optimizer, self.ctx, self.strategy.step
-        crops = None
-        if cfg.crop and epoch >= cfg.crop_warmup_epochs:
-            crops, _, _ = crop_views(model, batch, x, cfg, ctx.autocast)
-        losses, crop_losses = [], []
-        for _ in range(cfg.steps_per_batch):
-            if cfg.crop_update == "joint":  # the crop view's loss rides on the strategy's own steps
-                result = step(model, opt, x, y, ctx, crops=crops)
-                if result.crop_losses is not None:
-                    crop_losses.append(result.crop_losses)
-            else:
-                result = step(model, opt, x, y, ctx)
-                for c in ({id(c): c for c in crops}.values() if crops is not None else ()):
-                    crop_losses.append(step(model, opt, c, y, ctx).losses)
-            losses.append(result.losses)
-        return losses, crop_losses
 
 
 # ----------------------------------------------------------------------------- the epoch

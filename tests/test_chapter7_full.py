@@ -34,7 +34,7 @@ def test_chapter7_full_profile_on_cpu(tmp_path, monkeypatch):
         server.files["/CUB_200_2011.tgz"] = archive
         params = dict(profile="full", download=True, data_root=str(data_root), cub_url=server.url + "/CUB_200_2011.tgz",
                       cub_md5=md5(archive), out=str(tmp_path / "drive" / "run"), epochs=2, simulate_disconnect=True,
-                      overrides=dict(**TINY_VIT, resize_size=36, weights=str(weights), pretrained=False, device="cpu",
+                      overrides=dict(**TINY_VIT, resize_size=36, source_size=64, weights=str(weights), pretrained=False, device="cpu",
                                      limit_batches=2, batch_size=4, workers=0))
         out = tmp_path / nb_path.name
         seconds = fgnb.book.execute(nb_path, parameters=params, output=str(out), timeout=300)

@@ -51,7 +51,8 @@ BAD = {
     "crop_warmup_epochs": NON_NEGATIVE_INT + [None],
     "steps_per_batch": POSITIVE_INT + [None],
     "epochs": POSITIVE_INT + [None],
-    "batch_size": POSITIVE_INT + [None],
+    "batch_size": POSITIVE_INT + [None, "big", "Auto"],  # "auto" is the one word it takes
+    "lr_batch": POSITIVE_INT,
     "lr": POSITIVE_FLOAT + [None],
     "momentum": FRACTION,
     "weight_decay": NON_NEGATIVE_FLOAT,

@@ -22,7 +22,8 @@ def test_shell_syntax_and_limit():
     assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")]).returncode == 0
     text = (ROOT / "bench" / "gpu_check.sh").read_text()
     assert "LIMIT_S=${GPU_CHECK_LIMIT_S:-480}" in text and "timeout" in text  # 8 minutes at most
-    assert sum(gpu_check.BUDGET.values()) <= 480 - 20
+    for steps in (gpu_check.STEPS, gpu_check.FULL_STEPS):  # the device check, and --full: 8 minutes each
+        assert sum(gpu_check.BUDGET[k] for k in steps) <= 480 - 20
 
 
 def test_dry_run_checks_the_plan():
@@ -61,3 +62,20 @@ def test_one_run_on_the_cpu(tmp_path, monkeypatch):
     assert res["kind"] == "gpu_check" and res["env"]["device"] == "cpu"
     (run,) = res["runs"]
     assert run["ok"] and run["strategy"] == "last" and run["amp"] == "auto"
+
+
+def test_full_dry_run_and_one_tiny_cell_on_the_cpu(tmp_path, monkeypatch):
+    """--full: the full recipe's cells check in the dry run, and one cell (progressive with crops, a small
+    ViT at 448 px on the 500 x 375 fixture) trains on the CPU, with the plan's estimate beside it."""
+    p = sh("--full", "--dry-run")
+    assert p.returncode == 0 and "6 cells (vit_base_patch16_224.orig_in21k at 448 px, batch 16" in p.stdout, p.stdout + p.stderr
+    assert "gpu_full_cuda.json" in p.stdout
+    monkeypatch.setattr(gpu_check, "FULL_CELLS", [dict(strategy="progressive", crop=True)])
+    out = tmp_path / "full.json"
+    assert gpu_check.main(["--full", "--tiny", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["kind"] == "gpu_full" and res["steps"] == ["env", "full"]
+    (cell,) = res["full"]["cells"]
+    assert cell["ok"] and cell["source_size"] == 896 and cell["img_size"] == 448 and cell["plan_gib"] > 0
+    assert cell["images_per_s"] > 0 and "peak_gib" not in cell  # no CUDA: nothing measured, nothing made up
+    assert res["full"]["fixture"]["shape"] == [500, 375]

@@ -287,7 +287,7 @@ def test_no_bare_values_under_cells(nb_path):
 
 # ------------------------------------------------------------------ the model each chapter uses
 #: chapters without the banner yet, with the reason
-BANNER_EXEMPT = {"07_full_training_gpu": "adding it changes chapter 7's source: it needs re-executing"}
+BANNER_EXEMPT: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("nb_path", _chapters(), ids=lambda p: p.stem)

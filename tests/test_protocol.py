@@ -20,7 +20,7 @@ from fgnb.strategies import StepContext, make_strategy
 from fgnb.train import train
 from test_train import data_cache  # noqa: F401  (the synthetic set generated once, in a temp folder)
 
-train_mod = importlib.import_module("fgnb.train")  # (the name fgnb.train is also the function)
+step_mod = importlib.import_module("fgnb.step")
 
 TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,
             synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
@@ -68,7 +68,7 @@ def test_the_speed_files_step_makes_the_update_training_makes(tmp_path, monkeypa
     distinct crop sets) is the case the benchmark once timed differently (crops[0] only)."""
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
     speed = importlib.import_module("speed")
-    seen, real = {}, train_mod.BatchStep.__call__
+    seen, real = {}, step_mod.BatchStep.__call__
 
     def first(self, batch, x, y, epoch=0):
         if "before" in seen:
@@ -79,7 +79,7 @@ def test_the_speed_files_step_makes_the_update_training_makes(tmp_path, monkeypa
         seen.update(after=copy.deepcopy(self.model.state_dict()), crop_steps=len(result[1]))
         return result
 
-    monkeypatch.setattr(train_mod.BatchStep, "__call__", first)
+    monkeypatch.setattr(step_mod.BatchStep, "__call__", first)
     c = cfg(tmp_path, strategy="progressive", crop=True, limit_batches=1, val_fraction=0.0, **options)
     train(c)
     calls = seen["calls"]
@@ -186,7 +186,7 @@ def test_train_passes_label_smoothing_to_every_training_loss(tmp_path, monkeypat
 # ------------------------------------------------------------------ where the crop's attention is read
 def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, monkeypatch):
     events = []
-    real_views, real_step = train_mod.crop_views, strategies._apply_step
+    real_views, real_step = step_mod.crop_views, strategies._apply_step
 
     def views(model, batch, x, c, *a, **k):
         snapshot = copy.deepcopy(model)
@@ -208,7 +208,7 @@ def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, 
             events.append(("attention forward", self.training))
         return real_forward(self, x, upto, attn_layers, full_attn)
 
-    monkeypatch.setattr(train_mod, "crop_views", views)
+    monkeypatch.setattr(step_mod, "crop_views", views)
     monkeypatch.setattr(importlib.import_module("fgnb.evaluation"), "crop_views", views)
     monkeypatch.setattr(FGViT, "forward", forward)
     monkeypatch.setattr(strategies, "_apply_step", lambda *a: (events.append(("step", None)), real_step(*a)))
@@ -224,8 +224,8 @@ def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, 
 
 def test_crop_warmup_epochs_delays_the_crops(tmp_path, monkeypatch):
     calls = []
-    real_views = train_mod.crop_views
-    monkeypatch.setattr(train_mod, "crop_views", lambda m, b, *a, **k: (calls.append(m.training), real_views(m, b, *a, **k))[1])
+    real_views = step_mod.crop_views
+    monkeypatch.setattr(step_mod, "crop_views", lambda m, b, *a, **k: (calls.append(m.training), real_views(m, b, *a, **k))[1])
     train(cfg(tmp_path, crop=True, crop_warmup_epochs=1, epochs=2, val_fraction=0.0))
     # epoch 1: no training crops; epoch 2: 2 batches; every evaluation of test reads boxes too (eval mode)
     assert calls.count(True) == 2

@@ -185,3 +185,39 @@ def test_first_class_picks_other_species(tmp_path):
         generate(tmp_path / "bad", num_classes=2, first_class=30)
     with pytest.raises(ValueError, match="1..2"):
         generate(tmp_path / "bad", num_classes=3, first_class=28)
+
+
+def test_cub_sized_fixture_runs_the_full_recipes_transform_and_one_step(tmp_path):
+    """shape=CUB_SHAPE: 500 x 375 images whose boxes and part points follow the stretch, read by
+    the CUB loader through the full profile's 600 -> 448 transform and 896 px source view, and
+    one training step with crops of a small ViT at 448 px on it."""
+    from fgnb.config import TrainConfig
+    from fgnb.data import build_dataset
+    from fgnb.train import train
+
+    root = generate(tmp_path / "CUB_200_2011", num_classes=2, train_per_class=4, test_per_class=1, size=256,
+                    shape=synthetic.CUB_SHAPE)
+    square = generate(tmp_path / "square", num_classes=2, train_per_class=4, test_per_class=1, size=256)
+    img = Image.open(root / "images" / _table(root, "images.txt")[1][0])
+    assert img.size == (500, 375)
+    sx, sy = 500 / 256, 375 / 256
+    for name in ("bounding_boxes.txt", "part_boxes.txt"):
+        for (i, b), (_, q) in zip(_table(root, name).items(), _table(square, name).items()):
+            x, y, w, h = map(float, b)
+            assert x + w <= 500.1 and y + h <= 375.1
+            assert np.allclose([x, y, w, h], [float(q[0]) * sx, float(q[1]) * sy, float(q[2]) * sx, float(q[3]) * sy],
+                               atol=0.2)  # both files round to 0.1 px
+    assert json.loads((root / "meta.json").read_text())["params"]["shape"] == [500, 375]
+    assert generate(tmp_path / "CUB_200_2011", num_classes=2, train_per_class=4, test_per_class=1, size=256,
+                    shape=synthetic.CUB_SHAPE) == root  # the same parameters: the cached set
+    with pytest.raises(ValueError, match="shape"):
+        generate(tmp_path / "bad", shape=(500, 0))
+
+    item = build_dataset("cub", root, split="train", image_size=448, resize_size=600, source_size=896,
+                         val_fraction=0.0)[0]
+    assert tuple(item["image"].shape) == (3, 448, 448) and tuple(item["source"].shape) == (3, 896, 896)
+    cfg = TrainConfig(dataset="cub", data_root=str(root), model="vit_tiny_patch16_224", img_size=448, patch_size=16,
+                      depth=2, embed_dim=48, num_heads=3, targets=2, weights=None, resize_size=600, source_size=896,
+                      crop=True, batch_size=4, epochs=1, val_fraction=0.0, progress=False, out=str(tmp_path / "run"))
+    res = train(cfg)
+    assert res["history"][0]["images_per_s"] > 0 and res["test"]["n"] == 2
