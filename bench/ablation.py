@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import REPO, command_line, git_commit, machine_info, utc_now, write_json  # noqa: E402
-from fgnb.config import option_differences  # noqa: E402
+from fgnb.config import option_differences, options_tagged  # noqa: E402
 
 #: name -> options on top of the base config. Order = table order. Every crop variant uses the
 #: protocol's defaults unless it names another: joint crop update (R steps per batch, as
@@ -165,7 +165,7 @@ def _check_same_run(out: pathlib.Path, cfg_dict: dict) -> None:
     saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
     if not isinstance(saved, dict):
         raise ValueError(f"{out} has test metrics but no readable config.yaml; remove it or use another --runs-dir")
-    diff = option_differences(saved, cfg_dict, ignore={"out", "resume", "progress"})
+    diff = option_differences(saved, cfg_dict, ignore=options_tagged("setup"))
     if diff:
         shown = ", ".join(f"{k}: {a!r} there, {b!r} requested" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"{out} holds a finished run with other options ({shown}); "
@@ -242,16 +242,16 @@ def dataset_info(cfg) -> dict:
     root = cfg.data_root
     if root is None:  # the generator's cache folder for these parameters (generated here if missing)
         from fgnb.synthetic import ensure_synthetic
-        from fgnb.train import _synthetic_params
-        root = ensure_synthetic(**_synthetic_params(cfg))
+        from fgnb.loaders import synthetic_params
+        root = ensure_synthetic(**synthetic_params(cfg))
     meta = pathlib.Path(root) / "meta.json"
     params = json.loads(meta.read_text()).get("params") if meta.exists() else None
     return {"dataset": "synthetic", "data_root": str(root), "params": params}
 
 
-def _run_options(cfg_dict: dict) -> dict:
-    """A run's options without where it was written and how it printed."""
-    return {k: v for k, v in cfg_dict.items() if k not in ("out", "resume", "progress")}
+def run_options(cfg_dict: dict) -> dict:
+    """A run's options without its set-up (where and how it was done: TrainConfig's ``setup`` options)."""
+    return {k: v for k, v in cfg_dict.items() if k not in options_tagged("setup")}
 
 
 def run_folder(runs_dir, variant: str, seed: int) -> pathlib.Path:
@@ -336,7 +336,7 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
     def record(k, row, seconds):
         row.setdefault("commit", commit)
         row.setdefault("dirty", dirty)
-        row.update(dict(zip(key, k)), out=cfgs[k]["out"], config=_run_options(cfgs[k]))
+        row.update(dict(zip(key, k)), out=cfgs[k]["out"], config=run_options(cfgs[k]))
         test = row["test"]
         print(f"[{utc_now()}]   done {name(k)}: {'skipped (done)' if row['skipped'] else f'{seconds:.0f} s'}: "
               + ", ".join(f"{m}={test[m]:.3f}" for m in METRICS if isinstance(test.get(m), float)), flush=True)
@@ -351,7 +351,7 @@ def run_plan(cfgs: dict, previous: dict, results: dict, out, key: tuple, summari
     for k in list(plan):  # runs the results file already holds with the same options
         row = previous.get(k)
         # (an option added to fgnb since the row was written counts as its default)
-        if row is not None and not option_differences(row["config"], _run_options(cfgs[k])):
+        if row is not None and not option_differences(row["config"], run_options(cfgs[k])):
             record(k, {**row, "skipped": True}, 0.0)
             plan.remove(k)
     if jobs <= 1:

@@ -86,11 +86,12 @@ def _paths(patterns: list[str]) -> list[pathlib.Path]:
 
 
 def screen_model(model, cfg, readers, loaders: dict, options: dict) -> list[dict]:
-    """Rows {option, split, metrics...} of one model: fgnb.train.evaluate with the option's
+    """Rows {option, split, metrics...} of one model: fgnb.evaluation.evaluate with the option's
     box, plus each reader's top-1 on the option's crops (averaged over readers)."""
     import torch
 
-    from fgnb.train import crop_views, evaluate
+    from fgnb.crop import crop_views
+    from fgnb.evaluation import evaluate
 
     rows = []
     for split, loader in loaders.items():
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from fgnb.train import _eval_loader, dataset_for, load_model, normalisation
+    from fgnb.checkpoints import load_model
+    from fgnb.loaders import dataset_for, eval_loader, normalisation
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
         model, cfg, state = load_model(path)
         mean, std = normalisation(cfg.model)
         scfg = cfg.replace(crop_from="source", workers=0, batch_size=50)
-        loaders = {s: _eval_loader(dataset_for(scfg, s, mean, std), scfg, scfg.workers) for s in args.splits}
+        loaders = {s: eval_loader(dataset_for(scfg, s, mean, std), scfg, scfg.workers) for s in args.splits}
         ts = time.perf_counter()
         for r in screen_model(model, cfg, readers, loaders, options):
             rows.append({"model": str(path), **r})

@@ -77,7 +77,7 @@ def utc_now() -> str:
 
 def write_json(path, data) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a results file."""
-    from fgnb.train import atomic_write
+    from fgnb.atomic import atomic_write
 
     def dump(tmp):
         with open(tmp, "w") as f:

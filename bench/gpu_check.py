@@ -7,7 +7,7 @@ Steps (each one's outcome goes into the results file, an error included, so one 
 step does not hide the others; every step has a time budget inside the total):
 
 1. ``env``: torch/CUDA versions, the GPU, its compute capability, what ``amp='auto'``
-   picks there (:func:`fgnb.train.amp_dtype`), and how many GPUs.
+   picks there (:func:`fgnb.devices.amp_dtype`), and how many GPUs.
 2. ``speed``: ``bench/speed.py`` on CUDA with ``--amp fp16``, and ``--amp bf16`` where the
    GPU has native bf16 (capability >= 8.0); each writes its own speed JSON.
 3. ``runs``: a short synthetic training run (1 epoch, a few batches) for every strategy
@@ -71,7 +71,7 @@ def variants() -> list[dict]:
 
 
 def amp_modes(capability) -> list[str]:
-    from fgnb.train import amp_dtype
+    from fgnb.devices import amp_dtype
     import torch
 
     auto = amp_dtype("cuda", "auto", capability) if capability else None
@@ -83,7 +83,7 @@ def step_env(a, res) -> dict:
     import torch
     import timm
 
-    from fgnb.train import amp_dtype
+    from fgnb.devices import amp_dtype
 
     cuda = torch.cuda.is_available() and a.device.startswith("cuda")
     cap = torch.cuda.get_device_capability(0) if cuda else None
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
 
 
 def write(path, res) -> None:
-    from fgnb.train import atomic_write
+    from fgnb.atomic import atomic_write
 
     atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(res, indent=1, default=str) + "\n"))
 

@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     import torch
 
     from fgnb.localisation import localisation_profile
-    from fgnb.train import _eval_loader, dataset_for, load_model, normalisation
+    from fgnb.checkpoints import load_model
+    from fgnb.loaders import dataset_for, eval_loader, normalisation
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
         mean, std = normalisation(cfg.model)
         scfg = cfg.replace(workers=0, batch_size=50)
         for split in args.splits:
-            loader = _eval_loader(dataset_for(scfg, split, mean, std), scfg, 0)
+            loader = eval_loader(dataset_for(scfg, split, mean, std), scfg, 0)
             prof = localisation_profile(model, loader, limit=args.limit)
             rows.append({"model": str(path), "split": split, "model_name": cfg.model, "img_size": cfg.img_size,
                          "patch_size": cfg.patch_size, "strategy": cfg.strategy, "crop": cfg.crop, "seed": cfg.seed,

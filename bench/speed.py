@@ -113,7 +113,7 @@ class TimmStep:
 
     def __init__(self, model_name, num_classes, lr, device, amp="off", **kw):
         import timm
-        from fgnb.train import autocast_for
+        from fgnb.devices import autocast_for
         self.model = timm.create_model(model_name, num_classes=num_classes, **kw).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
         self.autocast, self.scaler = autocast_for(torch.device(device), amp)
@@ -132,38 +132,28 @@ class TimmStep:
 
 
 class FgnbStep:
-    """One fgnb batch as ``fgnb.train.train`` runs it: the strategy's step(s) and, with
-    ``crop``, the boxes' eval-mode forward (``crop_views``, crops cut from a 4x source view)
-    and the joint step (``crop_update='joint'``) or the extra steps on the crops (``separate``)."""
+    """One fgnb batch through :class:`fgnb.step.BatchStep`, the very step ``fgnb.train.train``
+    takes for ``cfg``: the strategy's step(s) and, with ``crop``, the boxes' eval-mode forward
+    (``crop_views``, crops cut from a 4x source view) and the joint step
+    (``crop_update='joint'``) or the strategy's steps on every distinct crop set (``separate``).
+    The model, optimizer and step options are training's own (``build_model``, ``make_optimizer``,
+    ``clip_grad`` ...)."""
 
-    def __init__(self, strategy, crop, model_name, num_classes, lr, device, crop_update="joint", amp="off", **kw):
-        from fgnb.config import TrainConfig
-        from fgnb.model import create_model
-        from fgnb.strategies import StepContext, make_strategy
-        from fgnb.train import autocast_for
-        self.model = create_model(model_name, num_classes=num_classes, **kw).to(device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
-        self.strategy, self.crop = make_strategy(strategy), crop
-        autocast, scaler = autocast_for(torch.device(device), amp)
-        self.ctx = StepContext(autocast=autocast, scaler=scaler)
-        self.cfg = TrainConfig(model=model_name, weights=None, img_size=kw["img_size"], patch_size=kw.get("patch_size"),
-                               crop=crop, crop_update=crop_update, crop_from="source", amp=amp)
-        self._source = None
+    def __init__(self, cfg, num_classes, device):
+        from fgnb.pretrained import build_model
+        from fgnb.step import BatchStep
+        self.cfg = cfg
+        self.model = build_model(cfg, num_classes).to(device).train()
+        self.step = BatchStep(cfg, self.model, torch.device(device))
+        self._batch = None
 
-    def __call__(self, x, y):
-        from fgnb.train import crop_views
-        m = self.model
-        if not self.crop:
-            self.strategy.step(m, self.opt, x, y, self.ctx)
-            return
-        if self._source is None or self._source[0] is not x:
-            self._source = (x, F.interpolate(x, scale_factor=4, mode="bilinear"))
-        crops, _, _ = crop_views(m, {"source": self._source[1]}, x, self.cfg, self.ctx.autocast)
-        if self.cfg.crop_update == "joint":
-            self.strategy.step(m, self.opt, x, y, self.ctx, crops=crops)
-        else:
-            self.strategy.step(m, self.opt, x, y, self.ctx)
-            self.strategy.step(m, self.opt, crops[0], y, self.ctx)
+    def __call__(self, x, y, batch=None):
+        """``batch``: the loader's (with its source view); default: ``x`` with a 4x source view, made once."""
+        if batch is None:
+            if self._batch is None or self._batch["image"] is not x:
+                self._batch = {"image": x, "label": y, "source": F.interpolate(x, scale_factor=4, mode="bilinear")}
+            batch = self._batch
+        self.step(batch, x, y)
 
 
 def make_step(item, a, device):
@@ -171,9 +161,12 @@ def make_step(item, a, device):
     amp = getattr(a, "amp", "off")  # the same mixed precision for the reference and fgnb
     if item == "timm":
         return TimmStep(a.model, a.classes, 1e-4, device, amp=amp, **kw)
-    strategy, crop = item.split("+")[0], "+crop" in item
-    update = "separate" if item.endswith(":separate") else "joint"
-    return FgnbStep(strategy, crop, a.model, a.classes, 1e-4, device, crop_update=update, amp=amp, **kw)
+    from fgnb.config import TrainConfig
+    arch = {"patch_size": None, "depth": None, "embed_dim": None, "num_heads": None, **kw}  # None: the model's own
+    cfg = TrainConfig(model=a.model, weights=None, lr=1e-4, strategy=item.split("+")[0], crop="+crop" in item,
+                      crop_update="separate" if item.endswith(":separate") else "joint", crop_from="source", amp=amp,
+                      **arch)
+    return FgnbStep(cfg, a.classes, device)
 
 
 def ideal_costs(depth: int, targets: int = 3) -> dict:
@@ -457,7 +450,7 @@ def bench_epoch(a, device, rows, res):
 
     Runs ``fgnb.train.train`` for one epoch of the ablation's CPU set-up (its base on
     the default synthetic set) per item and worker count (``--epoch-workers``: 0 and the
-    default, :func:`fgnb.train.default_workers` on this machine), and reads the epoch's own
+    default, :func:`fgnb.devices.default_workers` on this machine), and reads the epoch's own
     ``data_time_s`` (time the loop waited for the next batch) and ``eval_time_s`` (the
     validation pass after the epoch) against its ``epoch_time_s`` (the training loop).
     """
@@ -502,9 +495,9 @@ def _workers_arg(s: str):
 
 
 def epoch_worker_counts(requested, device_type: str) -> tuple[list[int], int]:
-    """The worker counts to time, 'default' resolved by fgnb.train.default_workers (each once),
+    """The worker counts to time, 'default' resolved by fgnb.devices.default_workers (each once),
     and that default."""
-    from fgnb.train import default_workers
+    from fgnb.devices import default_workers
 
     default = default_workers(device_type)
     counts = []
@@ -554,7 +547,7 @@ def main(argv=None) -> int:
     p.add_argument("--sections", nargs="+", default=["train_step", "memory", "attn_capture", "crop", "epoch"],
                    choices=["train_step", "memory", "attn_capture", "crop", "epoch"])
     p.add_argument("--epoch-workers", type=_workers_arg, nargs="+", default=[0, "default"],
-                   help="DataLoader workers timed in 'epoch' (default: fgnb.train.default_workers on this machine)")
+                   help="DataLoader workers timed in 'epoch' (default: fgnb.devices.default_workers on this machine)")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
     p.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"),
                    help="mixed precision of the train steps, timm's reference and fgnb's alike (fp16: with a GradScaler)")

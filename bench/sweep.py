@@ -85,7 +85,7 @@ def point_info(cfg) -> dict:
 
     from fgnb.data import PairedTransform
     from fgnb.synthetic import PUPIL_RADIUS, RING_RADIUS, eye_ring_diameters
-    from fgnb.train import dataset_for, normalisation
+    from fgnb.loaders import dataset_for, normalisation
 
     info = {"point": cfg.img_size, "img_size": cfg.img_size, "resize_size": PairedTransform(
         False, cfg.img_size, cfg.resize_size).resize_size, "source_size": cfg.source_size, "eye_ring": None}

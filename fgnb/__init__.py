@@ -16,8 +16,10 @@ from .data import CUBDataset, ImageFolderDataset, build_dataset, make_transform,
 from .model import FGViT, FGViTOutput, create_model
 from .pretrained import export_backbone
 from .strategies import LastStrategy, ProgressiveStrategy, StepContext, SummedStrategy, make_strategy
+from .checkpoints import load_model
+from .evaluation import evaluate
 from .synthetic import ensure_synthetic, generate
-from .train import evaluate, load_model, train
+from .train import train
 
 __version__ = "0.1.0"
 

@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args) -> dict:
-    from .train import _eval_loader, dataset_for, evaluate, load_model, loader_workers, select_device
+    from .checkpoints import load_model
+    from .devices import loader_workers, select_device
+    from .evaluation import evaluate
+    from .loaders import dataset_for, eval_loader
 
     device = select_device(args.device)
     model, cfg, _ = load_model(args.checkpoint, device)
@@ -62,7 +65,7 @@ def _evaluate(args) -> dict:
         cfg = cfg.replace(data_root=args.data_root)
     dc = model.data_config()
     ds = dataset_for(cfg, args.split, dc["mean"], dc["std"])
-    res = evaluate(model, _eval_loader(ds, cfg, loader_workers(cfg, device.type)), cfg, device, progress=True)
+    res = evaluate(model, eval_loader(ds, cfg, loader_workers(cfg, device.type)), cfg, device, progress=True)
     print(json.dumps(res, indent=2))
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(res, indent=2))
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plan":
             _plan(args)
         elif args.command == "export":
-            from .pretrained import export_checkpoint
+            from .checkpoints import export_checkpoint
 
             print(export_checkpoint(args.checkpoint, args.out))
         else:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args",
-           "option_differences", "SYNTHETIC", "SYNTHETIC_ARCH", "SYNTHETIC_VIT_ARCH", "SYNTHETIC_ARCHS"]
+           "option_differences", "options_tagged", "ROLES", "SYNTHETIC", "SYNTHETIC_ARCH", "SYNTHETIC_VIT_ARCH", "SYNTHETIC_ARCHS"]
 
 
 class ConfigError(ValueError):
@@ -55,7 +55,7 @@ def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]
 
 
 #: Options whose None means a value derived from the input side, the one rule that
-#: fgnb.train.source_size and fgnb.data.PairedTransform apply: the source view is 4 x the
+#: fgnb.loaders.source_size and fgnb.data.PairedTransform apply: the source view is 4 x the
 #: input, the eval resize 8/7 of it.
 DERIVED = {"source_size": lambda n: 4 * n, "resize_size": lambda n: int(round(n * 8 / 7))}
 
@@ -64,13 +64,30 @@ def _default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def opt(default, help: str, choices: tuple | None = None):
-    meta = {"help": help}
+#: What an option is for, tagged once in its metadata (``opt(role=)``): ``student``, the options the
+#: chapters teach; ``experiment``, controls that only the ablations set (no chapter does), listed
+#: under their own heading in ``--help``; ``setup``, where and how a run is done (folders, devices,
+#: loaders, progress): the options a resume may change (:data:`fgnb.checkpoints.RESUMABLE`) and a
+#: study ignores when it compares a finished run with the one it asks for.
+ROLES = ("student", "experiment", "setup")
+
+
+def opt(default, help: str, choices: tuple | None = None, role: str = "student"):
+    if role not in ROLES:
+        raise ValueError(f"role={role!r} is not valid: choose one of {', '.join(ROLES)}")
+    meta = {"help": help, "role": role}
     if choices is not None:
         meta["choices"] = choices
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def options_tagged(role: str) -> frozenset[str]:
+    """The names of the options whose ``role`` (:data:`ROLES`) is ``role``."""
+    if role not in ROLES:
+        raise ValueError(f"role={role!r} is not valid: choose one of {', '.join(ROLES)}")
+    return frozenset(f.name for f in fields(TrainConfig) if f.metadata["role"] == role)
 
 
 def _check_type(name: str, kind: str, v) -> None:
@@ -114,7 +131,7 @@ _RANGES = (
 class TrainConfig:
     # data
     dataset: str = opt("synthetic", "dataset name", ("synthetic", "cub", "folder", "aircraft", "flowers", "pets"))
-    data_root: str | None = opt(None, "dataset folder (synthetic: generated into ~/.cache/fgnb or $FGNB_DATA if unset)")
+    data_root: str | None = opt(None, "dataset folder (synthetic: generated into ~/.cache/fgnb or $FGNB_DATA if unset)", role="setup")
     val_fraction: float = opt(0.1, "share of the train split held out for validation (model selection never reads test)")
     split_seed: int = opt(0, "seed of the validation split; fixed across training seeds, so runs with other seeds train and select on the same images")
     source_size: int | None = opt(None, "resolution of the source view that crops are cut from with crop_from=source (default 4x img_size)")
@@ -125,9 +142,9 @@ class TrainConfig:
     synthetic_difficulty: float | None = opt(None, "synthetic dataset: clutter/noise level, smaller is easier (default: the generator's)")
     synthetic_first_class: int | None = opt(None, "synthetic dataset: first of the 30 species in the set, from 0 (default: 0)")
     on_error: str = opt("raise", "an unreadable image file: raise an error naming it, or skip it (the run counts and lists "
-                                 "skipped files in metrics, test_metrics.json and skipped.txt)", ("raise", "skip"))
+                                 "skipped files in metrics, test_metrics.json and skipped.txt)", ("raise", "skip"), role="setup")
     verify_data: bool = opt(False, "open every image once before training, so that a bad file stops the run at once "
-                                   "(on_error=raise) or is left out (skip) instead of failing in a later epoch")
+                                   "(on_error=raise) or is left out (skip) instead of failing in a later epoch", role="setup")
     # model
     # The defaults are the CPU profile: the text's plain ViT (a linear projection of 4 x 4 pixel
     # patches: 16 x 16 tokens at 64 px), small, pre-trained on other species. (SYNTHETIC_ARCH,
@@ -147,13 +164,13 @@ class TrainConfig:
     head_hidden: int | None = opt(None, "hidden width of each MLP head (default: embed dim)")
     # method
     strategy: str = opt("progressive", "how the head losses update the network", ("last", "summed", "progressive"))
-    order: str = opt("shallow_first", "progressive: order of the per-layer updates", ("shallow_first", "deep_first"))
-    reforward: bool = opt(True, "progressive: re-run the forward before every stage (False: all gradients at one point)")
+    order: str = opt("shallow_first", "progressive: order of the per-layer updates", ("shallow_first", "deep_first"), role="experiment")
+    reforward: bool = opt(True, "progressive: re-run the forward before every stage (False: all gradients at one point)", role="experiment")
     crop: bool = opt(False, "train on attention crops too (the multi-scale module)")
     crop_update: str = opt("joint", "how crops are trained: joint = each stage's step also takes the crop view's loss (R steps "
-                                    "per batch, as without crops); separate = extra strategy steps on the crops", ("joint", "separate"))
+                                    "per batch, as without crops); separate = extra strategy steps on the crops", ("joint", "separate"), role="experiment")
     crop_weight: float = opt(0.5, "joint crop update: weight w of the crop view's loss, (1 - w) CE(global) + w CE(crop); "
-                                  "0.5 = their mean, 1 = the crop view alone")
+                                  "0.5 = their mean, 1 = the crop view alone", role="experiment")
     crop_boxes: str = opt("attention", "where the crop box comes from: the attention (the method), the ground-truth part box "
                                        "(oracle, an upper bound) or a random box of the attention box's size (a lower bound)",
                           ("attention", "oracle", "random"))
@@ -166,10 +183,10 @@ class TrainConfig:
     crop_from: str = opt("source", "cut the crop from the higher-resolution source image (the text) or the model input", ("source", "input"))
     min_crop: int = opt(0, "smallest crop side in input pixels (0: no minimum)")
     crop_margin: float = opt(0.0, "context around the box: grow each side by this share of the box's width/height")
-    crop_warmup_epochs: int = opt(0, "train on crops only from this epoch on (0-based; the model localises first)")
+    crop_warmup_epochs: int = opt(0, "train on crops only from this epoch on (0-based; the model localises first)", role="experiment")
     steps_per_batch: int = opt(1, "optimizer steps per batch, each a new forward on the same batch (an equal-budget control: "
-                                  "last with 3 makes as many steps as progressive with R = 3)")
-    select_by: str = opt("last", "inference mode that picks the best checkpoint on validation", ("last", "mean", "crop", "crop_only"))
+                                  "last with 3 makes as many steps as progressive with R = 3)", role="experiment")
+    select_by: str = opt("last", "inference mode that picks the best checkpoint on validation", ("last", "mean", "crop", "crop_only"), role="experiment")
     # optimisation
     epochs: int = opt(8, "training epochs")
     batch_size: int | str = opt(32, "images per batch (global, over all processes); auto: the largest batch whose step fits "
@@ -185,22 +202,22 @@ class TrainConfig:
     amp: str = opt("auto", "mixed precision: auto = bf16 on GPUs with native bf16 (CUDA compute capability >= 8.0), "
                            "fp16 with a gradient scaler below (T4, V100), off on CPU/MPS; bf16/fp16 force it (CPU: torch's "
                            "CPU autocast, slow)", ("auto", "bf16", "fp16", "off"))
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device string")
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device string", role="setup")
     seed: int = opt(0, "random seed")
-    workers: int | None = opt(None, "DataLoader worker processes (None: fgnb.train.default_workers, 1 on a CPU with 2+ "
+    workers: int | None = opt(None, "DataLoader worker processes (None: fgnb.devices.default_workers, 1 on a CPU with 2+ "
                                     "cores, min(4, cores - 1) beside a GPU; 0: load in the main process). The numbers "
-                                    "do not depend on it: each image's augmentation is seeded by (seed, epoch, index)")
+                                    "do not depend on it: each image's augmentation is seeded by (seed, epoch, index)", role="setup")
     cache_images: str = opt("auto", "keep decoded images in memory after the first epoch (auto: when the set's decoded "
-                                    "images fit in 1 GiB per process)", ("auto", "on", "off"))
+                                    "images fit in 1 GiB per process)", ("auto", "on", "off"), role="setup")
     limit_batches: int | None = opt(None, "stop each epoch after this many batches (quick runs and tests)")
     # output
-    out: str = opt("runs/default", "run folder: checkpoints, metrics.csv/jsonl, config.yaml")
+    out: str = opt("runs/default", "run folder: checkpoints, metrics.csv/jsonl, config.yaml", role="setup")
     download: bool = opt(False, "fetch the data set into data_root if it is not there (cub: the official 1.1 GB "
-                                "archive, MD5-checked, resumable; aircraft, flowers, pets: torchvision's download)")
-    resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+                                "archive, MD5-checked, resumable; aircraft, flowers, pets: torchvision's download)", role="setup")
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint", role="setup")
     checkpoint_minutes: float | None = opt(None, "also write last.pt every this many minutes inside an epoch, so a "
-                                                 "disconnect loses at most that much (None: 10 on CUDA, off on CPU/MPS; 0: off)")
-    progress: bool = opt(True, "show progress bars")
+                                                 "disconnect loses at most that much (None: 10 on CUDA, off on CPU/MPS; 0: off)", role="setup")
+    progress: bool = opt(True, "show progress bars", role="setup")
 
     def __post_init__(self):
         self.validate()
@@ -265,7 +282,16 @@ class TrainConfig:
                                   "target layer; give crop_block with last, cumulative, rollout or concentrated")
             if self.depth is not None and self.crop_block >= self.depth:
                 raise ConfigError(f"crop_block={self.crop_block}: the model has blocks 0..{self.depth - 1}")
+        self._checked = self._values()
         return self
+
+    def _values(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=repr)
+
+    def checked(self) -> "TrainConfig":
+        """``self``, validated again only if an option was set after its last validation (every
+        config is validated when it is made): a run validates its options once."""
+        return self if getattr(self, "_checked", None) == self._values() else self.validate()
 
     def synthetic_arch(self) -> dict | None:
         """The shipped backbone architecture (an entry of ``SYNTHETIC_ARCHS``) this model has, or None."""
@@ -289,10 +315,10 @@ class TrainConfig:
 
     def _check_names(self) -> None:
         """The model name, the device and the synthetic species exist."""
-        from .model import _check_model_name
+        from .model import check_model_name
 
         try:
-            _check_model_name(self.model)
+            check_model_name(self.model)
         except ValueError as e:
             raise ConfigError(f"model={self.model!r}: {e}") from None
         if self.device != "auto":
@@ -332,6 +358,10 @@ class TrainConfig:
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
     """Read a YAML (or JSON) file of options."""
+    return TrainConfig.from_dict(_read_options(path), source=os.fspath(path))
+
+
+def _read_options(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
@@ -339,7 +369,7 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         data = yaml.safe_load(f) if not path.endswith(".json") else json.load(f)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
-    return TrainConfig.from_dict(data, source=path)
+    return data
 
 
 def _parse_value(text: str, default, name: str):
@@ -356,14 +386,20 @@ def _parse_value(text: str, default, name: str):
     return value
 
 
+#: ``--help``'s headings, one per role
+_HEADINGS = {"student": "options", "experiment": "experiment options (controls that only the ablations set)",
+             "setup": "run set-up (where and how the run is done; a resume may change these)"}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--option VALUE`` per field; defaults come from a ``--config`` file if given."""
+    """One ``--option VALUE`` per field, grouped by role; defaults come from a ``--config`` file if given."""
     parser.add_argument("--config", help="YAML file of options; flags given on the command line win")
+    groups = {role: parser.add_argument_group(title) for role, title in _HEADINGS.items()}
     for f in fields(TrainConfig):
         default = _default(f)
         choices = f.metadata.get("choices")
         help_text = f.metadata["help"] + f" (default: {default!r}" + (f"; choices: {', '.join(choices)})" if choices else ")")
-        parser.add_argument(
+        groups[f.metadata["role"]].add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,
             metavar=f.name.upper() if not isinstance(default, bool) else "BOOL",
@@ -374,6 +410,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    return base.replace(**overrides).validate()
+    """The ``--config`` file's options, then the flags', made into one config (validated once)."""
+    path = getattr(args, "config", None)
+    options = _read_options(path) if path else {}
+    options.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    return TrainConfig.from_dict(options, source=os.fspath(path) if path else "command line")

@@ -6,14 +6,19 @@ input size, so the same network sees a zoomed-in view with the same label.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 from torchvision.ops import roi_align
 
 from .attention import attention_rollout, boxes_from_mask, cumulative_product, head_product, mean_threshold
+from .boxes import expand_boxes, random_boxes_like, scale_boxes
+from .config import TrainConfig
+from .model import FGViT
 
-__all__ = ["crop_and_resize", "scale_boxes", "CROP_ATTENTION", "crop_attention_layers", "most_concentrated", "attention_scores",
-           "attention_boxes",
-           "CROP_BOXES", "random_boxes_like", "expand_boxes"]
+__all__ = ["crop_and_resize", "CROP_ATTENTION", "crop_attention_layers", "most_concentrated", "attention_scores",
+           "attention_boxes", "CROP_BOXES", "crop_views"]
 
 #: Where the crop's box comes from: ``attention`` (the method), ``oracle`` (the ground-truth
 #: part box: an upper bound on data that has one, never an option for real training) and
@@ -62,16 +67,6 @@ def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int | tuple
     rois = torch.cat([idx, boxes], dim=1)
     crops = roi_align(images.float(), rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return crops.to(images.dtype)
-
-
-def scale_boxes(boxes: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
-    """Map (x0, y0, x1, y1) boxes from an image of (H, W) = ``from_size`` to one of ``to_size``.
-
-    Used to cut the crop out of the higher-resolution source image rather than the input.
-    """
-    sy = to_size[0] / from_size[0]
-    sx = to_size[1] / from_size[1]
-    return boxes * boxes.new_tensor([sx, sy, sx, sy])
 
 
 def crop_attention_layers(target_layers: tuple[int, ...], mode: str, block: int | None = None) -> list[int]:
@@ -133,23 +128,49 @@ def attention_boxes(
     ]
 
 
-def random_boxes_like(boxes: torch.Tensor, size: tuple[int, int], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Boxes of the same width and height as ``boxes``, placed uniformly at random inside an
-    image of (H, W) = ``size``: the crop's lower bound (same zoom, no localisation)."""
-    H, W = size
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp_min(0)
-    wh = torch.minimum(wh, wh.new_tensor([W, H]))
-    u = torch.rand(boxes.shape[0], 2, generator=generator, device="cpu").to(boxes)
-    x0y0 = u * (wh.new_tensor([W, H]) - wh)
-    return torch.cat([x0y0, x0y0 + wh], dim=1)
+def _crop_source(batch, x, boxes, cfg: TrainConfig, device):
+    """Image to cut the crop from, and the box in its pixels."""
+    if cfg.crop_from == "source":
+        if "source" not in batch:
+            raise ValueError("crop_from='source' needs the data set's source view (build it with source_size=)")
+        src = batch["source"].to(device)
+        return src, scale_boxes(boxes, x.shape[-2:], src.shape[-2:])
+    return x, boxes
 
 
-def expand_boxes(boxes: torch.Tensor, margin: float, size: tuple[int, int]) -> torch.Tensor:
-    """Grow every box by ``margin`` x its width (height) on each side, clipped to the image:
-    context around the marked patches (``margin=0.5`` doubles a box's sides)."""
-    if margin == 0:
-        return boxes
-    H, W = size
-    wh = (boxes[:, 2:] - boxes[:, :2]) * margin
-    out = torch.cat([boxes[:, :2] - wh, boxes[:, 2:] + wh], dim=1)
-    return torch.minimum(out.clamp_min(0), out.new_tensor([W, H, W, H]))
+@torch.no_grad()
+def crop_views(model: FGViT, batch: dict, x: torch.Tensor, cfg: TrainConfig, autocast=contextlib.nullcontext,
+               generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], Any]:
+    """The crop branch's input for one batch: (crops per head, boxes per crop, the forward).
+
+    The attention is read at one documented point: a forward of the batch ``x`` with the
+    model in eval mode (no dropout in the boxes), before any of the batch's updates, the
+    same for every strategy. Boxes (input pixels) come from that attention, or from the
+    ground truth (``crop_boxes='oracle'``) or at random (``'random'``); a ``crop_margin``
+    adds context; the crop is cut from the source view (``crop_from='source'``) and resized
+    to the input size. ``crops[r]`` is head r's crop view: its own for ``per_layer``, else
+    the one crop for every head.
+    """
+    was_training = model.training
+    model.eval()
+    mode = cfg.crop_attention
+    with autocast():
+        out = model(x, attn_layers=crop_attention_layers(model.target_layers, mode, cfg.crop_block), full_attn=mode == "rollout")
+    model.train(was_training)
+    boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers, cfg.crop_block)
+    size = tuple(x.shape[-2:])
+    if cfg.crop_boxes == "oracle":
+        part = batch["part_box"].to(x.device).float()
+        if torch.isnan(part).any():
+            raise ValueError("crop_boxes='oracle' needs a part box for every image (the synthetic set, or CUB with "
+                             "part_boxes.txt); this batch has images without one")
+        boxes = [part] * len(boxes)
+    elif cfg.crop_boxes == "random":
+        boxes = [random_boxes_like(b, size, generator) for b in boxes]
+    boxes = [expand_boxes(b, cfg.crop_margin, size) for b in boxes]
+    crops = []
+    for b in boxes:
+        src, sboxes = _crop_source(batch, x, b, cfg, x.device)
+        crops.append(crop_and_resize(src, sboxes, cfg.img_size).to(x.dtype))
+    per_head = crops if len(crops) == model.num_targets and len(crops) > 1 else [crops[-1]] * model.num_targets
+    return per_head, boxes, out

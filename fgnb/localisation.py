@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .train import points_in_boxes
+from .boxes import points_in_boxes
 
 __all__ = ["attention_entropy", "patch_centres", "patches_in_boxes", "attention_mass", "localisation_profile"]
 

@@ -21,7 +21,7 @@ largest value of that sum. The same counter runs on real tensors, which is how t
 check it against the CPU allocator's own record (``torch.profiler``, ``profile_memory``).
 CUDA's attention kernels (flash / memory-efficient) save O(N) per head, as the CPU's
 flash kernel that the fake step runs does; the AMP dtype is the one ``amp='auto'`` picks
-for the GPU (:func:`fgnb.train.amp_dtype`), simulated with CPU autocast under CUDA's rule
+for the GPU (:func:`fgnb.devices.amp_dtype`), simulated with CPU autocast under CUDA's rule
 for the norms (:func:`cuda_autocast_policy`).
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _amp_name(dtype) -> str:
 
 def _meta_model(cfg: TrainConfig, num_classes: int):
     """The run's model with its parameters on the meta device (no memory, no init cost)."""
-    from .train import build_model
+    from .pretrained import build_model
 
     with torch.device("meta"):
         # weights=None: the shapes are the architecture's; no file is read, nothing downloaded
@@ -213,7 +213,7 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
     clipping) at ``batch`` images per process (default ``cfg.batch_size``).
 
     ``device_type``/``capability``: the device the run will use (its AMP dtype follows
-    ``cfg.amp`` there as :func:`fgnb.train.amp_dtype` says; ``cuda`` also rounds blocks to
+    ``cfg.amp`` there as :func:`fgnb.devices.amp_dtype` says; ``cuda`` also rounds blocks to
     512 bytes and uses the optimizer's CUDA (foreach) implementation, whose temporaries
     are whole lists of tensors). The step is one after the first: the optimizer's state is
     made by an update with zero gradients before it (``first=True``: the first step, before
@@ -224,7 +224,9 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .strategies import StepContext, make_strategy
-    from .train import amp_dtype, make_optimizer, source_size
+    from .devices import amp_dtype
+    from .loaders import source_size
+    from .step import make_optimizer
 
     batch = int(batch or cfg.batch_size)
     if batch < 1:
@@ -234,7 +236,7 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
     if fake:
         model = _meta_model(cfg, num_classes)
     elif model is None:
-        from .train import build_model
+        from .pretrained import build_model
 
         model = build_model(cfg.replace(weights=None, pretrained=False), num_classes)
     with contextlib.ExitStack() as stack:
@@ -289,7 +291,7 @@ class _StepAlways(torch.amp.GradScaler):
 def _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast) -> None:
     """One batch as fgnb.train's loop trains it: the crop views (boxes from the model before
     the batch's updates), then ``steps_per_batch`` strategy steps, joint or separate."""
-    from .train import crop_views
+    from .crop import crop_views
 
     crops = None
     if cfg.crop:

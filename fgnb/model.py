@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .attention import cls_attention
 
-__all__ = ["FGViT", "FGViTOutput", "MLPHead", "create_model", "resolve_targets"]
+__all__ = ["FGViT", "FGViTOutput", "MLPHead", "create_model", "resolve_targets", "check_model_name"]
 
 
 @dataclass
@@ -248,7 +248,8 @@ class FGViT(nn.Module):
         return hook
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """A clear error, with the closest timm names, if ``name`` is no timm model."""
     if timm.is_model(name):
         return
     known = timm.list_models("*vit*") + timm.list_models("deit*")
@@ -277,7 +278,7 @@ def create_model(
     (``patch_size``, ``depth``, ``embed_dim``, ``num_heads``, ``dynamic_img_size`` ...),
     which is how the small CPU models of the book are made.
     """
-    _check_model_name(name)
+    check_model_name(name)
     kwargs = dict(timm_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size

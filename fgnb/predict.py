@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pathlib
 
-
 import torch
 
-from .crop import attention_scores
+from .checkpoints import load_model
+from .crop import attention_scores, crop_views
 from .data import load_rgb, make_transform
+from .devices import select_device
+from .loaders import source_size
 from .plots import overlay, to_display
-from .train import crop_views, load_model, select_device, source_size
 
 __all__ = ["predict_files"]
 
@@ -21,7 +22,7 @@ __all__ = ["predict_files"]
 def predict_files(checkpoint, images, top_k: int = 5, out_dir=None, device="auto") -> list[dict]:
     """Classify each file with the ``crop`` inference mode and save ``<name>.attention.png``.
 
-    The crop is made as the run trained it (:func:`fgnb.train.crop_views`): the run's
+    The crop is made as the run trained it (:func:`fgnb.crop.crop_views`): the run's
     attention mode, box rule and margin, cut from the source view when ``crop_from='source'``.
     """
     import matplotlib.pyplot as plt

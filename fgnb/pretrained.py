@@ -12,7 +12,8 @@ pre-trains a plain ViT with the text's linear patch projection (``vit_tiny_patch
 4 x 4 pixel patches, width 96, depth 6) on the same species; trained on the whole view alone
 it stayed at chance, so every batch also shows it the true head box cut from the source
 (the joint crop loss; its recipe's header has the runs). ``weights='fgnb:synthetic'``
-picks the file of the model's architecture (:func:`synthetic_weights`).
+picks the file of the model's architecture (:func:`synthetic_weights`), and
+:func:`build_model` makes the model a run's options describe, from the weights they name.
 
 :func:`export_backbone` writes any trained :class:`~fgnb.model.FGViT`'s backbone as a
 timm ``.safetensors`` file (timm's own keys, no heads) that
@@ -38,9 +39,11 @@ import pathlib
 
 import torch
 
-from .model import FGViT
+from .atomic import atomic_write
+from .config import SYNTHETIC, SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH, TrainConfig
+from .model import FGViT, create_model
 
-__all__ = ["export_backbone", "export_checkpoint", "read_metadata", "SYNTHETIC_WEIGHTS", "SYNTHETIC_RECIPE",
+__all__ = ["build_model", "export_backbone", "read_metadata", "SYNTHETIC_WEIGHTS", "SYNTHETIC_RECIPE",
            "SYNTHETIC_VIT_WEIGHTS", "SYNTHETIC_VIT_RECIPE", "synthetic_backbones", "synthetic_weights", "recipe_commands"]
 
 _DIR = pathlib.Path(__file__).parent / "weights"
@@ -59,8 +62,6 @@ def export_backbone(model: FGViT, path: str | os.PathLike, metadata: dict | None
     file is written atomically, so an existing file is never left half-written.
     """
     from safetensors.torch import save_file
-
-    from .train import atomic_write
 
     path = pathlib.Path(path)
     if path.suffix != ".safetensors":
@@ -84,35 +85,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return json.loads(meta.get("fgnb", "{}"))
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> pathlib.Path:
-    """``python -m fgnb export``: an fgnb checkpoint's backbone -> timm ``.safetensors``.
-
-    The metadata records the training config, the epoch chosen on validation, its
-    validation and test metrics and the synthetic generator's version.
-    """
-    from .synthetic import GENERATOR_VERSION
-    from .train import load_model
-
-    model, cfg, state = load_model(checkpoint)
-    last = (state.get("history") or [{}])[-1]
-    meta = {
-        "config": cfg.to_dict(),
-        "epoch": state.get("epoch"),
-        "best_epoch": state.get("best_epoch"),
-        "val": {k: v for k, v in last.items() if k.startswith("val_")},
-        "generator_version": GENERATOR_VERSION,
-        "source": os.path.basename(os.fspath(checkpoint)),
-    }
-    test_file = pathlib.Path(checkpoint).parent / "test_metrics.json"
-    if test_file.is_file():
-        meta["test"] = json.loads(test_file.read_text())
-    return export_backbone(model, out, meta)
 
 
 def synthetic_backbones() -> list[tuple[dict, pathlib.Path, pathlib.Path]]:
     """(architecture options, weights file, recipe) of every backbone fgnb ships."""
-    from .config import SYNTHETIC_ARCH, SYNTHETIC_VIT_ARCH
-
     return [(SYNTHETIC_ARCH, SYNTHETIC_WEIGHTS, SYNTHETIC_RECIPE),
             (SYNTHETIC_VIT_ARCH, SYNTHETIC_VIT_WEIGHTS, SYNTHETIC_VIT_RECIPE)]
 
@@ -130,7 +106,6 @@ def synthetic_weights(cfg=None) -> str:
     from .synthetic import GENERATOR_VERSION
 
     if cfg is None:
-        from .config import TrainConfig
         cfg = TrainConfig()
     get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
     found = [b for b in synthetic_backbones() if all(get(k) == v for k, v in b[0].items())]
@@ -151,3 +126,23 @@ def synthetic_weights(cfg=None) -> str:
             f"{weights} was pre-trained on synthetic generator version {made_with}, but fgnb.synthetic "
             f"is version {GENERATOR_VERSION}; rebuild it (commands in fgnb/pretrained.py)")
     return str(weights)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> FGViT:
+    """The model a run's options describe, started from the weights they name: timm's
+    (``pretrained``), a file, the shipped backbone of its architecture (``fgnb:synthetic``)
+    or none. Chapters 2 to 6 build their model with it, exactly as training does."""
+    kwargs = {}
+    if cfg.patch_size is not None:
+        kwargs["patch_size"] = cfg.patch_size
+    for name in ("depth", "embed_dim", "num_heads"):
+        if getattr(cfg, name) is not None:
+            kwargs[name] = getattr(cfg, name)
+    targets = cfg.targets if isinstance(cfg.targets, int) else list(cfg.targets)
+    weights = cfg.weights
+    if weights == SYNTHETIC:
+        weights = synthetic_weights(cfg)  # the shipped file of this model's architecture
+    return create_model(
+        cfg.model, num_classes=num_classes, targets=targets, pretrained=cfg.pretrained, weights=weights,
+        img_size=cfg.img_size, head_hidden=cfg.head_hidden, **kwargs,
+    )

@@ -41,7 +41,7 @@ import time
 
 import torch
 
-from .config import TrainConfig, option_differences
+from .config import TrainConfig, option_differences, options_tagged
 
 __all__ = ["RECORDED_RUNS", "NOT_TRAINING_CODE", "training_code", "code_hash", "recorded_names", "recording_differences", "train_or_load",
            "verify"]
@@ -53,9 +53,9 @@ RECORDED_RUNS = pathlib.Path(__file__).resolve().parent / "recorded_runs"
 NOT_TRAINING_CODE = ("__init__.py", "__main__.py", "book.py", "cli.py", "localisation.py", "memory.py", "plots.py",
                      "predict.py", "recordings.py", "results.py", "widgets.py")
 
-#: options that do not change what a run computes (where it is written, progress bars, ...)
-NOT_THE_RECIPE = {"out", "resume", "progress", "workers", "device", "data_root", "verify_data", "on_error",
-                  "checkpoint_minutes", "download", "cache_images"}
+#: options that do not change what a run computes (where it is written, progress bars, ...): the
+#: run's set-up, tagged once in TrainConfig
+NOT_THE_RECIPE = options_tagged("setup")
 
 #: checkpoint entries a recording leaves out: optimizer state is twice the model and only resumes a run
 _TRAINING_STATE = ("optimizer", "scheduler", "scaler")

@@ -36,13 +36,12 @@ collect_ignore: list[str] = []
 @pytest.fixture(autouse=True)
 def _load_in_the_test_process(monkeypatch, request):
     """``workers=None`` resolves to 0 loader processes inside tests: spies on the data set see
-    every item in this process and tiny runs fork nothing. ``fgnb.train.default_workers`` itself
+    every item in this process and tiny runs fork nothing. ``fgnb.devices.default_workers`` itself
     is tested directly, and tests marked ``real_default_workers`` get the real rule."""
     if request.node.get_closest_marker("real_default_workers") is None:
-        import importlib
+        import fgnb.devices
 
-        # the module, not fgnb.train the function that fgnb/__init__ exports under that name
-        monkeypatch.setattr(importlib.import_module("fgnb.train"), "default_workers", lambda *a, **k: 0)
+        monkeypatch.setattr(fgnb.devices, "default_workers", lambda *a, **k: 0)
 
 
 def _toc_entries(node) -> list[str]:

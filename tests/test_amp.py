@@ -9,7 +9,8 @@ import torch
 from fgnb.config import ConfigError, TrainConfig
 from fgnb.model import create_model
 from fgnb.strategies import StepContext, make_strategy
-from fgnb.train import amp_dtype, autocast_for, train
+from fgnb.devices import amp_dtype, autocast_for
+from fgnb.train import train
 
 
 # ----------------------------------------------------------------------------- the decision

@@ -123,7 +123,7 @@ def test_seeds_up_to_the_limit_train_items():
     """The largest valid seed still seeds every item (no overflow inside torch)."""
     import torch
 
-    from fgnb.train import SeededItems
+    from fgnb.loaders import SeededItems
 
     class Items(torch.utils.data.Dataset):
         def __len__(self):
@@ -142,7 +142,8 @@ def test_seeds_up_to_the_limit_train_items():
 def test_what_only_the_run_can_check_is_named(tmp_path):
     """Values that need the data or the model: an empty data folder, more targets than
     the model's own depth. Clear errors naming the folder / option, not torch's."""
-    from fgnb.train import build_model, train
+    from fgnb.pretrained import build_model
+    from fgnb.train import train
 
     (tmp_path / "empty").mkdir()
     run = {**BASE, "dataset": "folder", "data_root": str(tmp_path / "empty"), "out": str(tmp_path / "run")}
@@ -171,3 +172,29 @@ def test_option_differences_resolve_the_sizes_derived_from_the_input():
     assert option_differences({"img_size": 64}, {"img_size": 64, "crop_weight": TrainConfig().crop_weight}) == {}
     assert option_differences({"img_size": 64}, {"img_size": 64, "crop_weight": 1.0}) == \
         {"crop_weight": (TrainConfig().crop_weight, 1.0)}
+
+
+def test_each_option_has_one_role_and_the_role_drives_resume_help_and_studies(monkeypatch):
+    import pathlib
+    import re
+
+    from fgnb.checkpoints import RESUMABLE
+    from fgnb.cli import build_parser
+    from fgnb.config import ROLES, options_tagged
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    tagged = [n for role in ROLES for n in options_tagged(role)]
+    assert sorted(tagged) == sorted(names)  # every option, once
+    assert options_tagged("experiment") == {"crop_update", "crop_weight", "crop_warmup_epochs", "steps_per_batch",
+                                            "select_by", "order", "reforward"}
+    # what a resume may change is the set-up, and nothing else
+    assert RESUMABLE == options_tagged("setup") and {"out", "resume", "device", "workers"} <= RESUMABLE
+    # --help lists the experiment options, and only them, under their own heading
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    section = train_help.split("experiment options")[1].split("\n\n")[0]
+    assert set(re.findall(r"--([a-z-]+) ", section)) == {n.replace("_", "-") for n in options_tagged("experiment")}
+    # a study records a run's options without its set-up, and reuses a finished run whose set-up differs
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    import ablation
+
+    assert set(ablation.run_options(TrainConfig().to_dict())) == set(names) - options_tagged("setup")

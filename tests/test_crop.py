@@ -3,7 +3,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from fgnb.crop import attention_boxes, crop_and_resize, scale_boxes
+from fgnb.boxes import scale_boxes
+from fgnb.crop import attention_boxes, crop_and_resize
 
 
 def smooth_images(b=3, h=40, w=48, seed=0):

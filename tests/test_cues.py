@@ -9,7 +9,9 @@ import torch
 
 from fgnb import synthetic
 from fgnb.data import CUBDataset, make_transform
-from fgnb.train import _cue_counts, points_in_boxes, train
+from fgnb.boxes import points_in_boxes
+from fgnb.evaluation import cue_counts
+from fgnb.train import train
 from test_protocol import cfg
 from test_train import data_cache  # noqa: F401  (the synthetic set generated once, in a temp folder)
 
@@ -138,7 +140,7 @@ def test_cue_counts_by_hand():
     points = torch.tensor([[[1.0, 1.0], [10.0, 10.0], [11.0, 0.0]],   # in, on the border (in), out
                            [[5.5, 5.5], [nan, nan], [6.0, 5.0]]])      # in, not shown, on the border
     assert points_in_boxes(boxes, points).tolist() == [[True, True, False], [True, False, True]]
-    hits_shown = _cue_counts(boxes, points).tolist()
+    hits_shown = cue_counts(boxes, points).tolist()
     #            hits per part | shown per part | all shown inside | images showing any
     assert hits_shown == [2, 1, 1, 2, 1, 2, 1, 2]
 
@@ -155,7 +157,9 @@ def test_evaluate_reports_cue_coverage(tmp_path, data_cache):
 
 def test_evaluate_takes_a_plain_list_of_batches(tmp_path, data_cache):
     # chapter 5 checks evaluate against a hand computation on [batch]: no data set to ask for part names
-    from fgnb.train import build_data, build_model, evaluate, normalisation
+    from fgnb.evaluation import evaluate
+    from fgnb.loaders import build_data, normalisation
+    from fgnb.pretrained import build_model
     c = cfg(tmp_path, crop=True)
     mean, std = normalisation(c.model)
     ds = build_data(c, mean, std)["test"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fgnb.train import load_checkpoint
+from fgnb.checkpoints import load_checkpoint
 
 OPTS = ["--model", "vit_tiny_patch16_224", "--weights", "none",
         "--synthetic-classes", "3", "--synthetic-train-per-class", "8", "--synthetic-test-per-class", "4",
@@ -46,7 +46,7 @@ def test_two_processes_equal_one(tmp_path, strategy, extra):
 
 def test_batch_must_split_over_processes(tmp_path):
     from fgnb.config import ConfigError
-    from fgnb.train import EpochBatchSampler
+    from fgnb.loaders import EpochBatchSampler
 
     with pytest.raises(ConfigError, match="divisible by the number of processes"):
         EpochBatchSampler(100, 7, 0, rank=0, world=2)

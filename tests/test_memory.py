@@ -14,7 +14,7 @@ from conftest import ROOT
 
 from fgnb import memory
 from fgnb.config import ConfigError, TrainConfig
-from fgnb.train import build_model
+from fgnb.pretrained import build_model
 
 SMALL = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=4, depth=3, embed_dim=48, num_heads=3,
              weights=None, targets=2, dataset="synthetic", amp="off", device="cpu", source_size=64)
@@ -25,7 +25,9 @@ def real_steps(cfg: TrainConfig, model, batch: int, steps: int = 2) -> None:
     """Two batches as fgnb.train's loop trains them, written out here (not the plan's own copy
     of the loop), so that a plan which forgets part of the step disagrees with this."""
     from fgnb.strategies import StepContext, make_strategy
-    from fgnb.train import autocast_for, crop_views, make_optimizer
+    from fgnb.crop import crop_views
+    from fgnb.devices import autocast_for
+    from fgnb.step import make_optimizer
 
     optimizer = make_optimizer(model, cfg)
     autocast, scaler = autocast_for(torch.device("cpu"), cfg.amp)

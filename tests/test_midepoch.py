@@ -7,7 +7,8 @@ import torch
 
 import importlib
 from fgnb.config import ConfigError, TrainConfig
-from fgnb.train import checkpoint_interval, load_checkpoint, train
+from fgnb.checkpoints import checkpoint_interval, load_checkpoint
+from fgnb.train import train
 
 T = importlib.import_module("fgnb.train")  # the module (fgnb.train is also the function)
 

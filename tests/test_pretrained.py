@@ -11,7 +11,7 @@ from fgnb import pretrained, synthetic
 from fgnb.config import load_config
 from fgnb.model import create_model
 from fgnb.pretrained import SYNTHETIC_RECIPE, SYNTHETIC_WEIGHTS, export_backbone, read_metadata, recipe_commands
-from fgnb.train import build_model
+from fgnb.pretrained import build_model
 
 HYB = dict(img_size=32, patch_size=2, depth=3, embed_dim=48, num_heads=3)
 

@@ -2,6 +2,7 @@
 the crop's attention is read, which images the crop is cut from, and a validation split that
 does not move with the training seed."""
 import copy
+import pathlib
 
 import pytest
 import torch
@@ -9,14 +10,17 @@ import torch.nn.functional as F
 
 import fgnb.strategies as strategies
 import importlib
+from fgnb.boxes import expand_boxes, random_boxes_like
 from fgnb.config import TrainConfig
-from fgnb.crop import attention_boxes, crop_attention_layers, expand_boxes, random_boxes_like
+from fgnb.crop import attention_boxes, crop_attention_layers, crop_views
+from fgnb.loaders import build_data, normalisation
 from fgnb.model import FGViT, create_model
+from fgnb.pretrained import build_model
 from fgnb.strategies import StepContext, make_strategy
-from fgnb.train import build_data, crop_views, normalisation, train
+from fgnb.train import train
 from test_train import data_cache  # noqa: F401  (the synthetic set generated once, in a temp folder)
 
-train_mod = importlib.import_module("fgnb.train")  # (the name fgnb.train is also the function)
+step_mod = importlib.import_module("fgnb.step")
 
 TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,
             synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
@@ -53,6 +57,41 @@ def test_optimizer_steps_per_batch(tmp_path, monkeypatch, options, per_batch):
     monkeypatch.setattr(strategies, "_apply_step", lambda *a: (steps.append(1), real(*a)))
     train(cfg(tmp_path, **options))
     assert len(steps) == 2 * per_batch  # limit_batches=2
+
+
+# ------------------------------------------------------------------ the step bench/speed.py times
+@pytest.mark.parametrize("options", [dict(crop_update="separate", crop_attention="per_layer"), dict(crop_update="joint")],
+                         ids=["separate-per_layer", "joint"])
+def test_the_speed_files_step_makes_the_update_training_makes(tmp_path, monkeypatch, options):
+    """From the weights, batch and random state of train()'s first batch, bench/speed.py's step
+    makes exactly train()'s update (bit for bit). ``separate`` with per-layer crops (three
+    distinct crop sets) is the case the benchmark once timed differently (crops[0] only)."""
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    speed = importlib.import_module("speed")
+    seen, real = {}, step_mod.BatchStep.__call__
+
+    def first(self, batch, x, y, epoch=0):
+        if "before" in seen:
+            seen["calls"] += 1
+            return real(self, batch, x, y, epoch)
+        seen.update(before=copy.deepcopy(self.model.state_dict()), batch=batch, rng=torch.get_rng_state(), calls=1)
+        result = real(self, batch, x, y, epoch)
+        seen.update(after=copy.deepcopy(self.model.state_dict()), crop_steps=len(result[1]))
+        return result
+
+    monkeypatch.setattr(step_mod.BatchStep, "__call__", first)
+    c = cfg(tmp_path, strategy="progressive", crop=True, limit_batches=1, val_fraction=0.0, **options)
+    train(c)
+    calls = seen["calls"]
+    bench = speed.FgnbStep(c, seen["before"]["heads.0.fc2.weight"].shape[0], "cpu")
+    bench.model.load_state_dict(seen["before"])
+    torch.set_rng_state(seen["rng"])
+    bench(seen["batch"]["image"], seen["batch"]["label"], batch=seen["batch"])
+    after = bench.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in seen["after"].items())
+    assert seen["calls"] == calls + 1  # the benchmark went through training's own step
+    assert seen["crop_steps"] == (3 if options["crop_update"] == "separate" else 1)  # a step per distinct crop set
+    assert not all(torch.equal(seen["before"][k], v) for k, v in seen["after"].items())  # (an update was made)
 
 
 # ------------------------------------------------------------------ the joint crop step
@@ -147,7 +186,7 @@ def test_train_passes_label_smoothing_to_every_training_loss(tmp_path, monkeypat
 # ------------------------------------------------------------------ where the crop's attention is read
 def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, monkeypatch):
     events = []
-    real_views, real_step = train_mod.crop_views, strategies._apply_step
+    real_views, real_step = step_mod.crop_views, strategies._apply_step
 
     def views(model, batch, x, c, *a, **k):
         snapshot = copy.deepcopy(model)
@@ -169,7 +208,8 @@ def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, 
             events.append(("attention forward", self.training))
         return real_forward(self, x, upto, attn_layers, full_attn)
 
-    monkeypatch.setattr(train_mod, "crop_views", views)
+    monkeypatch.setattr(step_mod, "crop_views", views)
+    monkeypatch.setattr(importlib.import_module("fgnb.evaluation"), "crop_views", views)
     monkeypatch.setattr(FGViT, "forward", forward)
     monkeypatch.setattr(strategies, "_apply_step", lambda *a: (events.append(("step", None)), real_step(*a)))
     train(cfg(tmp_path, strategy="progressive", crop=True, val_fraction=0.0, epochs=1))
@@ -184,8 +224,8 @@ def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, 
 
 def test_crop_warmup_epochs_delays_the_crops(tmp_path, monkeypatch):
     calls = []
-    real_views = train_mod.crop_views
-    monkeypatch.setattr(train_mod, "crop_views", lambda m, b, *a, **k: (calls.append(m.training), real_views(m, b, *a, **k))[1])
+    real_views = step_mod.crop_views
+    monkeypatch.setattr(step_mod, "crop_views", lambda m, b, *a, **k: (calls.append(m.training), real_views(m, b, *a, **k))[1])
     train(cfg(tmp_path, crop=True, crop_warmup_epochs=1, epochs=2, val_fraction=0.0))
     # epoch 1: no training crops; epoch 2: 2 batches; every evaluation of test reads boxes too (eval mode)
     assert calls.count(True) == 2
@@ -203,10 +243,11 @@ def test_oracle_crop_is_the_part_box_cut_from_the_source(tmp_path):
     c = cfg(tmp_path, crop=True, crop_boxes="oracle")
     b = _first_batch(c)
     torch.manual_seed(0)
-    m = train_mod.build_model(c, 3)
+    m = build_model(c, 3)
     crops, boxes, _ = crop_views(m, b, b["image"], c)
     assert torch.equal(boxes[-1], b["part_box"])
-    from fgnb.crop import crop_and_resize, scale_boxes
+    from fgnb.boxes import scale_boxes
+    from fgnb.crop import crop_and_resize
     ref = crop_and_resize(b["source"], scale_boxes(b["part_box"], (16, 16), b["source"].shape[-2:]), 16)
     assert torch.equal(crops[0], ref) and b["source"].shape[-1] == 64  # source = 4 x input by default
 

@@ -8,7 +8,9 @@ import torch
 
 from fgnb.cli import main as cli
 from fgnb.config import ConfigError, TrainConfig, load_config
-from fgnb.train import default_workers, load_checkpoint, load_model, train, warmup_cosine
+from fgnb.checkpoints import load_checkpoint, load_model
+from fgnb.devices import default_workers
+from fgnb.train import train, warmup_cosine
 
 TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,  # from scratch, small
             synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
@@ -151,7 +153,7 @@ def test_config_errors():
         TrainConfig(depth=12)
     with pytest.raises(ConfigError, match="choose one"):
         TrainConfig(pretrained=True)
-    from fgnb.train import build_model
+    from fgnb.pretrained import build_model
     with pytest.raises(ValueError, match="multiple of 4"):  # the default plain ViT: 4 x 4 pixel patches
         build_model(TrainConfig(img_size=62, weights=None), 3)
     from fgnb.config import SYNTHETIC_ARCH
@@ -197,6 +199,22 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert cli(["predict", str(out / "best.pt"), str(img), "--top-k", "2", "--out-dir", str(tmp_path / "pred")]) == 0
     text = capsys.readouterr().out
     assert "overlay:" in text and (tmp_path / "pred" / (img.stem + ".attention.png")).is_file()
+
+
+def test_a_cli_run_validates_its_options_once(tmp_path, monkeypatch, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**TINY, "epochs": 1, "limit_batches": 1}.items()))
+    calls, real = [], TrainConfig.validate
+    monkeypatch.setattr(TrainConfig, "validate", lambda self: (calls.append(self.out), real(self))[1])
+    assert cli(["train", "--config", str(y), "--out", str(tmp_path / "cli"), "--strategy", "last"]) == 0
+    assert calls == [str(tmp_path / "cli")]  # the file's options and the flags' made into one config, checked once
+
+
+def test_an_option_set_after_the_config_was_made_is_still_checked(tmp_path):
+    c = cfg(tmp_path, epochs=1)
+    c.batch_size = 0  # a dataclass: nothing stops this, but train() validates it again
+    with pytest.raises(ConfigError, match="batch_size must be > 0"):
+        train(c)
 
 
 def test_checkpoint_class_mismatch_is_explained(tmp_path):
@@ -250,7 +268,7 @@ def test_verify_data_checks_every_image_before_training(tmp_path, capsys):
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
-    from fgnb.train import build_model
+    from fgnb.pretrained import build_model
 
     train(cfg(tmp_path, epochs=1))
     good = tmp_path / "run" / "last.pt"
@@ -297,7 +315,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "vit_base_patch16_224.orig_in21k"])
 def test_normalisation_is_the_weights_own(name):
     from fgnb.model import create_model
-    from fgnb.train import normalisation
+    from fgnb.loaders import normalisation
 
     dc = create_model(name, num_classes=2, img_size=32, patch_size=8, depth=1, targets=1).data_config()
     assert normalisation(name) == (tuple(dc["mean"]), tuple(dc["std"]))
@@ -319,8 +337,7 @@ def test_default_workers_rule():
 @pytest.mark.real_default_workers
 @pytest.mark.parametrize("workers", [None, 0])
 def test_every_loader_gets_the_resolved_worker_count(tmp_path, monkeypatch, workers):
-    T = importlib.import_module("fgnb.train")
-    monkeypatch.setattr(T, "default_workers", lambda device_type, cores=None, processes=1: 2)
+    monkeypatch.setattr(importlib.import_module("fgnb.devices"), "default_workers", lambda device_type, cores=None, processes=1: 2)
     seen = []
     real = torch.utils.data.DataLoader.__init__
 
