@@ -223,10 +223,10 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .strategies import StepContext, make_strategy
+    from .strategies import StepContext
     from .devices import amp_dtype
     from .loaders import source_size
-    from .step import make_optimizer
+    from .step import BatchStep, make_optimizer
 
     batch = int(batch or cfg.batch_size)
     if batch < 1:
@@ -263,7 +263,7 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
         scaler = (_StepAlways if fake else torch.amp.GradScaler)("cpu") if dtype == torch.float16 else None
         ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad,
                           label_smoothing=cfg.label_smoothing, crop_weight=cfg.crop_weight)
-        strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
+        step = BatchStep(cfg, model, torch.device("cpu"), optimizer=optimizer, ctx=ctx)  # training's own batch step
         side = cfg.img_size
         src = source_size(cfg)
         if not first:  # the optimizer's state, as the first update makes it
@@ -274,8 +274,13 @@ def step_memory(cfg: TrainConfig, num_classes: int, batch: int | None = None, de
         counter.reset_peak()
         x = torch.randn(batch, 3, side, side) if not fake else torch.empty(batch, 3, side, side)
         y = torch.zeros(batch, dtype=torch.long)
-        _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast)
-        del x, y
+        items = {"label": y}
+        if src is not None:  # the source view is copied to the device for the crop only
+            items["source"] = torch.zeros(batch, 3, src, src, dtype=x.dtype)
+        if cfg.crop_boxes == "oracle":
+            items["part_box"] = torch.tensor([[0.0, 0.0, side / 2, side / 2]]).expand(batch, 4)
+        step(items, x, y, epoch=cfg.crop_warmup_epochs)  # the epoch from which crops are trained: the peak
+        del x, y, items
     return StepMemory(cfg.strategy, cfg.crop, batch, _amp_name(dtype), counter.peak, params, params,
                       per_param * params)
 
@@ -286,29 +291,6 @@ class _StepAlways(torch.amp.GradScaler):
 
     def _maybe_opt_step(self, optimizer, optimizer_state, *args, **kwargs):
         return optimizer.step(*args, **kwargs)
-
-
-def _train_batch(model, optimizer, strategy, ctx, cfg, x, y, src, autocast) -> None:
-    """One batch as fgnb.train's loop trains it: the crop views (boxes from the model before
-    the batch's updates), then ``steps_per_batch`` strategy steps, joint or separate."""
-    from .crop import crop_views
-
-    crops = None
-    if cfg.crop:
-        batch = {"label": y}
-        if src is not None:  # the source view is copied to the device for the crop only
-            batch["source"] = torch.zeros(x.shape[0], 3, src, src, dtype=x.dtype)
-        if cfg.crop_boxes == "oracle":
-            batch["part_box"] = torch.tensor([[0.0, 0.0, cfg.img_size / 2, cfg.img_size / 2]]).expand(x.shape[0], 4)
-        crops, _, _ = crop_views(model, batch, x, cfg, autocast)
-        del batch
-    for _ in range(cfg.steps_per_batch):
-        if cfg.crop_update == "joint" or crops is None:
-            strategy.step(model, optimizer, x, y, ctx, crops=crops)
-        else:
-            strategy.step(model, optimizer, x, y, ctx)
-            for c in {id(c): c for c in crops}.values():
-                strategy.step(model, optimizer, c, y, ctx)
 
 
 def usable(total_gib: float) -> int:

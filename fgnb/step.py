@@ -43,13 +43,19 @@ class BatchStep:
     (``'separate'``). Calling it returns the head losses of each step and of each crop step.
     """
 
-    def __init__(self, cfg: TrainConfig, model: FGViT, device: torch.device):
+    def __init__(self, cfg: TrainConfig, model: FGViT, device: torch.device,
+                 optimizer: torch.optim.Optimizer | None = None, ctx: StepContext | None = None):
+        """``optimizer`` and ``ctx`` default to the run's own (:func:`make_optimizer`, the
+        device's AMP, clipping and gradient sync); the memory plan passes its own, for a CUDA
+        step simulated on fake tensors (:mod:`fgnb.memory`)."""
         self.cfg, self.model = cfg, model
-        self.optimizer = make_optimizer(model, cfg)
-        autocast, scaler = autocast_for(device, cfg.amp)
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg)
         self.strategy = make_strategy(cfg.strategy, order=cfg.order, reforward=cfg.reforward)
-        self.ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad, grad_sync=dist.sync_gradients,
-                               label_smoothing=cfg.label_smoothing, crop_weight=cfg.crop_weight)
+        if ctx is None:
+            autocast, scaler = autocast_for(device, cfg.amp)
+            ctx = StepContext(autocast=autocast, scaler=scaler, clip_grad=cfg.clip_grad, grad_sync=dist.sync_gradients,
+                              label_smoothing=cfg.label_smoothing, crop_weight=cfg.crop_weight)
+        self.ctx = ctx
 
     def __call__(self, batch: dict, x: torch.Tensor, y: torch.Tensor, epoch: int = 0):
         cfg, model, opt, ctx, step = self.cfg, self.model, self.optimizer, self.ctx, self.strategy.step

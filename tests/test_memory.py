@@ -189,6 +189,7 @@ def test_plan_within_10_percent_of_the_h200s_peak(item, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import fgnb.model
+    import fgnb.pretrained
 
     sys.path.insert(0, str(ROOT / "bench"))
     import speed
@@ -204,6 +205,7 @@ def test_plan_within_10_percent_of_the_h200s_peak(item, monkeypatch):
         return m
 
     monkeypatch.setattr(fgnb.model, "create_model", fake_model)
+    monkeypatch.setattr(fgnb.pretrained, "create_model", fake_model)  # speed.py builds it through build_model
     counter = memory.LiveBytes(round_to=memory.CUDA_BLOCK, scalar=1.0)
     with FakeTensorMode(allow_non_fake_inputs=True), memory.cuda_autocast_policy(), counter:
         x, y = torch.randn(a.batch, 3, a.img_size, a.img_size), torch.randint(0, a.classes, (a.batch,))
