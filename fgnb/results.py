@@ -150,6 +150,23 @@ def ablation_table(results: dict, metrics: Sequence[str] = ABLATION_METRICS, mar
 BOX_CUES = ("cue_beak", "cue_eye", "cue_crest", "cue_all")
 
 
+def localisation_table(results: dict, markdown: bool = False, digits: int = 2):
+    """The localisation profile of ``bench/localisation.py`` (chapter 3): one row per model,
+    split and block (counted from 1): the mean over heads of the CLS attention's normalised
+    entropy and of its mass on the part box, beside the part box's area share (the mass of a
+    flat map)."""
+    if results.get("kind") != "localisation":
+        raise ValueError("localisation_table needs the results of bench/localisation.py (kind 'localisation')")
+    rows = []
+    for r in results.get("rows", []):
+        for b, (ent, mass) in enumerate(zip(r["entropy"], r["mass_part"] or [None] * len(r["entropy"]))):
+            rows.append({"model": pathlib.Path(r["model"]).name, "split": r["split"], "block": b + 1,
+                         "entropy": round(sum(ent) / len(ent), digits),
+                         "mass_part": None if mass is None else round(sum(mass) / len(mass), digits),
+                         "share_part": None if r["share_part"] is None else round(r["share_part"], digits)})
+    return to_markdown(rows) if markdown else rows
+
+
 def boxes_table(results: dict, split: str | None = None, markdown: bool = False, digits: int = 1):
     """The box screening of ``bench/boxes.py`` (see the module docstring): one row per option in
     the file's order, ``{'option', 'settings', 'n_models', 'reader_top1', 'headroom', 'vs_literal',

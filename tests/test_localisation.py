@@ -81,3 +81,15 @@ def test_profile_averages_every_block_and_head_and_reads_the_flat_share():
     assert torch.allclose(torch.tensor(res["mass_object"]), torch.tensor([[1.0, 1.0], [0.75, 0.75]]))
     assert res["share_object"] == pytest.approx(0.75)
     assert localisation_profile(_Toy(), [batch, batch], limit=3)["images"] == 3
+
+
+def test_localisation_table_has_a_row_per_block_with_the_head_means():
+    from fgnb.results import localisation_table
+
+    res = {"kind": "localisation", "rows": [{"model": "runs/a/best.pt", "split": "val", "share_part": 0.1,
+                                            "entropy": [[0.1, 0.3], [0.9, 1.0]], "mass_part": [[0.8, 0.6], [0.1, 0.2]]}]}
+    rows = localisation_table(res)
+    assert [(r["block"], r["entropy"], r["mass_part"]) for r in rows] == [(1, 0.2, 0.7), (2, 0.95, 0.15)]
+    assert rows[0]["model"] == "best.pt" and rows[0]["share_part"] == 0.1
+    with pytest.raises(ValueError, match="kind 'localisation'"):
+        localisation_table({"kind": "boxes"})
