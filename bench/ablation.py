@@ -37,6 +37,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import REPO, command_line, git_commit, machine_info, utc_now, write_json  # noqa: E402
 from fgnb.config import option_differences, options_tagged  # noqa: E402
+from fgnb.evaluation import selection_mode  # noqa: E402
 
 #: name -> options on top of the base config. Order = table order. Every crop variant uses the
 #: protocol's defaults unless it names another: joint crop update (R steps per batch, as
@@ -79,6 +80,14 @@ VARIANTS = {
     # switched on after one epoch of global training (issue 16, item 4).
     "progressive+crop:min16+margin0.5+warmup": dict(strategy="progressive", crop=True, min_crop=16, crop_margin=0.5,
                                                     select_by="crop", crop_warmup_epochs=1),
+    # The default regime's box (issue 28): the first block's attention, where the plain ViT's CLS
+    # attention sits on the head (bench/results/localisation_cpu.json), its box at least a quarter
+    # of a 32 px side and grown by a quarter (or half) of its size on each side; the checkpoint
+    # chosen on the inference mode that uses the crop.
+    "progressive+crop:block0": dict(strategy="progressive", crop=True, crop_block=0, min_crop=8, crop_margin=0.25,
+                                    select_by="crop"),
+    "progressive+crop:block0+margin0.5": dict(strategy="progressive", crop=True, crop_block=0, min_crop=8,
+                                              crop_margin=0.5, select_by="crop"),
     "progressive:deep_first": dict(strategy="progressive", order="deep_first"),
     "progressive:one_point": dict(strategy="progressive", reforward=False),
     "progressive:R2": dict(strategy="progressive", targets=2),
@@ -112,6 +121,13 @@ METRICS = ("top1_last", "top1_mean", "top1_crop", "top1_crop_only", "iou50", "pa
 CPU_SCHEDULE = dict(epochs=6, limit_batches=None, batch_size=32, lr=3e-4, warmup_epochs=0.5,
                     device="cpu", progress=False)
 
+#: What the ablation and the sweep were measured at, pinned against later default changes (a
+#: resumed study must train what its runs did): the 64 px input and the text's literal crop rule
+#: (deepest target layer, no minimum side, no margin, checkpoint chosen on the deepest head). Issue 28
+#: moved TrainConfig's defaults to 32 px and the first block's grown box; bench/results/regime_cpu_vit32.json
+#: measures that regime (``--set`` it).
+STUDY_PINS = dict(img_size=64, crop_block=None, min_crop=0, crop_margin=0.0, select_by="last")
+
 
 def cpu_base() -> dict:
     from fgnb.book import PROFILES
@@ -119,7 +135,7 @@ def cpu_base() -> dict:
 
     # workers=0: the studies train one process per core (--jobs = cores, --threads 1), where a
     # loader process per run would only compete for the cores; the numbers do not depend on it.
-    return {**PROFILES["cpu-quick"], **SYNTHETIC_ARCH, **CPU_SCHEDULE, "workers": 0}
+    return {**PROFILES["cpu-quick"], **SYNTHETIC_ARCH, **CPU_SCHEDULE, **STUDY_PINS, "workers": 0}
 
 
 TINY = dict(epochs=1, limit_batches=1, batch_size=8, synthetic_classes=3, synthetic_train_per_class=6,
@@ -306,7 +322,7 @@ def results_header(kind: str, base, started: str, out=None, **fields) -> dict:
         "metrics": list(METRICS),
         "data": dataset_info(base),
         "notes": "test split read once per run at the end, on the checkpoint selected by validation "
-                 f"({base.select_by} mode); 'val' of a run = validation metrics of that epoch; the validation split "
+                 f"({selection_mode(base)} mode); 'val' of a run = validation metrics of that epoch; the validation split "
                  f"is carved with split_seed={base.split_seed} whatever the training seed; std = sample standard "
                  "deviation over seeds; each run row names the commit that trained it and whether its tree was dirty",
         **fields,

@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results/book_time.json")
     ap.add_argument("--ci", action="store_true", help="also time bash .ci/run in the clone (20+ min)")
     ap.add_argument("--keep", action="store_true", help="keep the clone (its path is printed)")
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="use this machine's generated data (~/.cache/fgnb or $FGNB_DATA) instead of generating it "
+                         "afresh, as a new machine does")
     args = ap.parse_args(argv)
 
     head = git_commit()
@@ -90,12 +93,16 @@ def main(argv=None) -> int:
     subprocess.run(["git", "clone", "-q", str(REPO), str(book)], check=True)
     # the clone's package, not an installed one, is what the chapters and the train import
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(book), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if not args.reuse_data:
+        # a new machine has no generated data yet: the first chapter that needs it generates it
+        env["FGNB_DATA"] = str(tmp / "data")
     res = {"kind": "book_time", "schema": 1, "what": "wall seconds from a fresh clone: book build, each chapter, one-chapter rebuild, default train",
            "goal_seconds": GOALS, "command": command_line(), "date": utc_now(),
            "commit": head["commit"], "dirty_checkout": head["dirty"],
            "note": "measured on the committed tree (a clone); dirty_checkout says whether the checkout that "
                    "ran this script had uncommitted changes, which the clone does not contain",
-           "machine": machine_info()}
+           "machine": machine_info(),
+           "data": "this machine's generated data" if args.reuse_data else "generated afresh (FGNB_DATA in the clone's folder)"}
     build = ["jupyter-book", "build", ".", "-W", "--keep-going"]
     print("building the book in", book, flush=True)
     res["build"] = timed(build, book, env, tmp / "build.log")

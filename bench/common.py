@@ -5,13 +5,14 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as `python bench/x.py` from a checkout
     sys.path.insert(0, str(REPO))
+
+from fgnb import provenance  # noqa: E402  (after the path: bench/ runs from a checkout)
 
 
 #: Results files are the studies' output, not code: a study resumed beside another one (two
@@ -23,28 +24,10 @@ def git_commit(ignore=()) -> dict:
     """HEAD commit and whether the working tree differs from it; ``ignore``: paths left out of
     that check (a results file that a resumed run rewrites is its output, not a change of code).
     Every file under ``bench/results`` is left out too (:data:`RESULTS_DIR`)."""
-    # a path outside the checkout (an --out in /tmp) is no change of it; as a pathspec it would make
-    # git status fail, and a failed status read as a clean tree
-    inside = [r for r in (os.path.relpath(os.path.abspath(p), REPO) for p in ignore) if not r.startswith("..")]
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
-        except Exception:
-            return ""
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                                                                f":(exclude){RESULTS_DIR}",
-                                                                *(f":(exclude){rel}" for rel in inside)))}
+    return provenance.git_commit(REPO, exclude=[RESULTS_DIR, *ignore])
 
 
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_name = provenance.cpu_name
 
 
 def machine_info() -> dict:

@@ -166,7 +166,7 @@ class PairedTransform:
                  generator: torch.Generator | None = None, interpolation=Image.BICUBIC):
         self.train = bool(train)
         self.image_size = int(image_size)
-        self.resize_size = int(resize_size) if resize_size else DERIVED["resize_size"](image_size)
+        self.resize_size = int(resize_size) if resize_size else DERIVED["resize_size"]({"img_size": image_size})
         if self.resize_size < self.image_size:
             raise ValueError(f"resize_size {self.resize_size} < image_size {self.image_size}")
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)

@@ -11,16 +11,22 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .boxes import box_iou, points_in_boxes
-from .config import TrainConfig
+from .config import DERIVED, TrainConfig
 from .crop import crop_views
 from .devices import autocast_for
 from .loaders import part_names, passed_over
 from .model import FGViT
 
-__all__ = ["evaluate", "cue_counts", "INFERENCE_MODES"]
+__all__ = ["evaluate", "cue_counts", "INFERENCE_MODES", "selection_mode"]
 
 #: How a prediction is made (``select_by`` picks the checkpoint on one of them): see :func:`evaluate`.
 INFERENCE_MODES = ("last", "mean", "crop", "crop_only")
+
+
+def selection_mode(cfg: TrainConfig) -> str:
+    """The inference mode whose validation top-1 picks the best checkpoint: ``cfg.select_by``, or
+    (None) ``crop`` for a run that trains on crops (the prediction the module is for), else ``last``."""
+    return cfg.select_by or DERIVED["select_by"](cfg.to_dict())
 
 
 @torch.no_grad()

@@ -51,7 +51,7 @@ def synthetic_params(cfg: TrainConfig) -> dict:
 
 def source_size(cfg: TrainConfig) -> int | None:
     """Side of the source view crops are cut from (``crop_from='source'``), else None."""
-    return (cfg.source_size or DERIVED["source_size"](cfg.img_size)) if cfg.crop_from == "source" else None
+    return (cfg.source_size or DERIVED["source_size"](cfg.to_dict())) if cfg.crop_from == "source" else None
 
 
 def dataset_for(cfg: TrainConfig, split: str, mean, std, root: str | None = None):

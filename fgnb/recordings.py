@@ -35,13 +35,13 @@ import os
 import pathlib
 import platform
 import shutil
-import subprocess
 import sys
 import time
 
 import torch
 
 from .config import TrainConfig, option_differences, options_tagged
+from .provenance import git_commit
 
 __all__ = ["RECORDED_RUNS", "NOT_TRAINING_CODE", "training_code", "code_hash", "recorded_names", "recording_differences", "train_or_load",
            "verify"]
@@ -51,7 +51,7 @@ RECORDED_RUNS = pathlib.Path(__file__).resolve().parent / "recorded_runs"
 #: modules that only show, explain or plan runs; every other module of fgnb (a new one too) may
 #: change what a run computes, so the recordings carry the hash of their code
 NOT_TRAINING_CODE = ("__init__.py", "__main__.py", "book.py", "cli.py", "localisation.py", "memory.py", "plots.py",
-                     "predict.py", "recordings.py", "results.py", "widgets.py")
+                     "predict.py", "provenance.py", "recordings.py", "results.py", "widgets.py")
 
 #: options that do not change what a run computes (where it is written, progress bars, ...): the
 #: run's set-up, tagged once in TrainConfig
@@ -85,19 +85,29 @@ def _folder(name: str) -> pathlib.Path:
     return RECORDED_RUNS / name
 
 
-def recording_differences(cfg: TrainConfig, name: str) -> dict[str, tuple] | None:
-    """Options of ``cfg`` that differ from recording ``name``'s ({option: (recorded, now)}), or
-    None when there is no such recording."""
+def _read(name: str) -> dict | None:
+    """Recording ``name``'s options (``config.yaml``) and record (``recording.json``), each file
+    read once; None when there is no such recording."""
     folder = _folder(name)
     if not (folder / "result.json").is_file():
         return None
     import yaml
 
-    saved = yaml.safe_load((folder / "config.yaml").read_text())
-    return option_differences(saved, cfg.to_dict(), NOT_THE_RECIPE)
+    rec = folder / "recording.json"
+    return {"config": yaml.safe_load((folder / "config.yaml").read_text()),
+            "recording": json.loads(rec.read_text()) if rec.is_file() else {}}
 
 
-def _load_recorded(cfg: TrainConfig, folder: pathlib.Path) -> dict:
+def recording_differences(cfg: TrainConfig, name: str, _saved: dict | None = None) -> dict[str, tuple] | None:
+    """Options of ``cfg`` that differ from recording ``name``'s ({option: (recorded, now)}), or
+    None when there is no such recording."""
+    saved = _saved or _read(name)
+    if saved is None:
+        return None
+    return option_differences(saved["config"], cfg.to_dict(), NOT_THE_RECIPE)
+
+
+def _load_recorded(cfg: TrainConfig, folder: pathlib.Path, recording: dict) -> dict:
     """Copy the recording into ``cfg.out``: a new folder, or with ``resume`` the run's own folder
     (a later stop of the same run replaces the earlier stop's files, as training would)."""
     out = pathlib.Path(cfg.out)
@@ -109,7 +119,7 @@ def _load_recorded(cfg: TrainConfig, folder: pathlib.Path) -> dict:
         if f.name not in ("result.json", "recording.json"):
             shutil.copyfile(f, out / f.name)
     result = json.loads((folder / "result.json").read_text())
-    return {**result, "out": str(out), "recorded": True, "recording": json.loads((folder / "recording.json").read_text())}
+    return {**result, "out": str(out), "recorded": True, "recording": recording}
 
 
 def train_or_load(cfg: TrainConfig, name: str, retrain: bool | None = None, record: bool = False,
@@ -135,8 +145,9 @@ def train_or_load(cfg: TrainConfig, name: str, retrain: bool | None = None, reco
     if record and not retrain:
         raise ValueError("record=True keeps a run trained here: pass retrain=True too")
     if not retrain:
-        diff = recording_differences(cfg, name)
-        stop = _stop_of(name)
+        saved = _read(name)
+        diff = recording_differences(cfg, name, saved)
+        stop = saved and saved["recording"].get("stop_after_epoch")
         if diff is None:
             print(f"no recorded run {name!r} (recorded: {', '.join(recorded_names()) or 'none'}): training it here")
         elif diff:
@@ -147,7 +158,7 @@ def train_or_load(cfg: TrainConfig, name: str, retrain: bool | None = None, reco
             raise ValueError(f"recording {name!r} stops after epoch {stop}, this call after "
                              f"{train_kwargs.get('stop_after_epoch')}: name each stop's recording '<run>/epoch<k>'")
         else:
-            return _load_recorded(cfg, _folder(name))
+            return _load_recorded(cfg, _folder(name), saved["recording"])
     last = pathlib.Path(cfg.out) / "last.pt"
     if cfg.resume and last.is_file() and "optimizer" not in torch.load(last, map_location="cpu", weights_only=True):
         raise ValueError(f"{last} was copied from a recording (weights only, no optimizer state) and cannot be "
@@ -158,21 +169,6 @@ def train_or_load(cfg: TrainConfig, name: str, retrain: bool | None = None, reco
     if record:
         _save(cfg, name, result, seconds, checkpoints, train_kwargs)
     return {**result, "recorded": False}
-
-
-def _stop_of(name: str) -> int | None:
-    folder = _folder(name)
-    if not (folder / "recording.json").is_file():
-        return None
-    return json.loads((folder / "recording.json").read_text()).get("stop_after_epoch")
-
-
-def _git(*args) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=RECORDED_RUNS.parent, capture_output=True, text=True,
-                              timeout=20).stdout.strip()
-    except Exception:
-        return ""
 
 
 def _save(cfg: TrainConfig, name: str, result: dict, seconds: float, checkpoints, train_kwargs) -> None:
@@ -190,8 +186,7 @@ def _save(cfg: TrainConfig, name: str, result: dict, seconds: float, checkpoints
         elif f.is_file():
             shutil.copyfile(f, tmp / f.name)
     (tmp / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "out"}, indent=1) + "\n")
-    info = {"name": name, "commit": _git("rev-parse", "HEAD") or None,
-            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)fgnb/recorded_runs")),
+    info = {"name": name, **git_commit(RECORDED_RUNS.parent.parent, exclude=[RECORDED_RUNS]),
             "code_hash": code_hash(), "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "train_seconds": round(seconds, 1), "stop_after_epoch": train_kwargs.get("stop_after_epoch"),
@@ -239,7 +234,7 @@ def verify(names=None, update: bool = False, out_root: str | None = None) -> lis
         problems += mine
         if update and not mine:
             info.update(code_hash=code_hash(), verified=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        verified_commit=_git("rev-parse", "HEAD") or None)
+                        verified_commit=git_commit(RECORDED_RUNS.parent.parent)["commit"])
             (folder / "recording.json").write_text(json.dumps(info, indent=1) + "\n")
         shutil.rmtree(base, ignore_errors=True)
     return problems

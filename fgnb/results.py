@@ -58,7 +58,7 @@ __all__ = ["find_results", "load_results", "ablation_table", "boxes_table", "spe
            "ABLATION_METRICS",
            "to_markdown", "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve",
            "t_p_value", "holm", "reported_metric", "family_against", "as_sweep", "seed_plan", "rule_cells",
-           "provenance"]
+           "provenance", "gain_table", "book_time_table"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
 
@@ -272,6 +272,34 @@ def gpu_check_table(results: dict, markdown: bool = False):
     return to_markdown(rows, ["step", "seconds", "outcome"]) if markdown else rows
 
 
+def book_time_table(results: dict, markdown: bool = False):
+    """The reader's clock (``bench/book_time.py``): seconds of the book build from a fresh clone,
+    of each chapter in it, of the one-chapter rebuild, of the default run and (when timed) of CI,
+    each beside its goal and whether it meets it."""
+    if results.get("kind") != "book_time":
+        raise ValueError("book_time_table needs the results of bench/book_time.py (kind 'book_time')")
+    goals = results.get("goal_seconds", {})
+    rows = [{"what": "book build (fresh clone)", "seconds": results["build"]["seconds"], "goal": goals.get("build_seconds")}]
+    rows += [{"what": f"chapter {name}", "seconds": sec, "goal": goals.get("chapter_seconds")}
+             for name, sec in results.get("chapters", {}).items()]
+    if "rebuild_one_chapter" in results:
+        r = results["rebuild_one_chapter"]
+        rows.append({"what": f"rebuild after editing {r.get('edited')} (executed again: "
+                             f"{', '.join(r.get('executed_again') or []) or 'none'})", "seconds": r["seconds"], "goal": None})
+    rows.append({"what": "python -m fgnb train (the default)", "seconds": results["default_train"]["seconds"],
+                 "goal": goals.get("train_seconds")})
+    if "ci" in results:
+        rows.append({"what": "CI (.ci/run: fresh install, every test)", "seconds": results["ci"]["seconds"],
+                     "goal": goals.get("ci_seconds")})
+    for r in rows:
+        r["meets goal"] = "" if r["goal"] is None else ("yes" if r["seconds"] <= r["goal"] else "no")
+    if markdown:
+        return to_markdown([{"what": r["what"], "seconds": _fmt(float(r["seconds"]), 0),
+                             "goal (s)": "" if r["goal"] is None else str(r["goal"]), "meets goal": r["meets goal"]}
+                            for r in rows])
+    return rows
+
+
 def t_quantile(df: int, q: float = 0.975) -> float:
     """Student's t quantile (scipy's when installed; else a table, rounding df down: wider)."""
     if df < 1:
@@ -474,7 +502,10 @@ def reported_metric(results: dict, variant: str) -> str:
     on the global and the crop view, averaged) for a crop-mode variant, one whose checkpoint is
     chosen on that mode (``select_by='crop'``); the deepest head (``top1_last``) otherwise."""
     opts = {**(results.get("base_config") or {}), **((results.get("variants") or {}).get(variant) or {})}
-    return "top1_crop" if opts.get("crop") and opts.get("select_by") == "crop" else "top1_last"
+    from .config import DERIVED
+
+    select_by = opts.get("select_by") or DERIVED["select_by"](opts)
+    return "top1_crop" if opts.get("crop") and select_by == "crop" else "top1_last"
 
 
 def provenance(row: dict) -> str:
@@ -536,6 +567,66 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
     if markdown:
         shown = [{"variant": r["variant"], "n": r["n"], f"mean diff ({'points' if percent else 'share'})": _fmt(r["mean"], 2),
                   "95 % interval": f"[{_fmt(r['low'], 2)}, {_fmt(r['high'], 2)}]", "sd": _fmt(r["sd"], 2)} for r in rows]
+        return to_markdown(shown)
+    return rows
+
+
+def gain_table(results: dict, baseline: str = "last", oracle: str | None = None, split: str = "test",
+               markdown: bool = False, digits: int = 1):
+    """Every variant of an ablation against ``baseline``, each in the metric its row is reported in
+    (:func:`reported_metric`: the crop mode for a run chosen on it), the baseline in ``top1_last``,
+    paired by seed (:func:`paired_differences`): its mean top-1, the gain d = variant - baseline
+    with its 95 % interval, and where the box is: the mean ``box_area`` and ``cue_all`` (the share
+    of images whose box holds every cue). ``oracle``: a variant whose crop is the true head box;
+    each variant's ``oracle_share`` is then its mean gain over the oracle's, on the seeds all
+    three share (how much of what the zoom can give the learned box keeps).
+
+    Rows: {variant, metric, n, top1, gain, low, high, excludes_zero, box_area, cue_all,
+    oracle_share}, top-1 and gains in percent points.
+    """
+    if results.get("kind") != "ablation":
+        raise ValueError("gain_table needs the results of bench/ablation.py (kind 'ablation')")
+    variants = [v for v in results.get("variants") or {} if v != baseline]
+    if oracle is not None and oracle not in variants:
+        raise ValueError(f"oracle={oracle!r} is not a variant of these results; variants: {', '.join(variants)}")
+    runs = {(r["variant"], r["seed"]): r for r in results.get("runs", [])}
+
+    def values(variant, metric):
+        return {s: _metric_of(r, metric, split) for (v, s), r in runs.items() if v == variant
+                and _metric_of(r, metric, split) is not None}
+
+    base = values(baseline, "top1_last")
+    if not base:
+        raise ValueError(f"no {baseline!r} runs with {split} top1_last in these results")
+    gains = {}
+    for v in variants:
+        mine = values(v, reported_metric(results, v))
+        gains[v] = {s: 100 * (mine[s] - base[s]) for s in mine if s in base}
+    rows = []
+    for v in variants:
+        metric = reported_metric(results, v)
+        [d] = paired_differences({**results, "variants": {baseline: {}, v: {}}}, baseline, metric, split,
+                                 baseline_metric="top1_last")
+        mine = values(v, metric)
+        row = {"variant": v, "metric": metric, "n": d["n"], "top1": 100 * sum(mine.values()) / len(mine) if mine else float("nan"),
+               "gain": d["mean"], "low": d["low"], "high": d["high"], "excludes_zero": d["excludes_zero"]}
+        for m in ("box_area", "cue_all"):
+            got = [x for x in values(v, m).values()]
+            row[m] = sum(got) / len(got) if got else float("nan")
+        row["oracle_share"] = float("nan")
+        if oracle is not None and v != oracle:
+            shared = sorted(set(gains[v]) & set(gains[oracle]))
+            if shared:
+                g, go = (sum(gains[k][s] for s in shared) / len(shared) for k in (v, oracle))
+                row["oracle_share"] = g / go if go > 0 else float("nan")
+        rows.append(row)
+    if markdown:
+        shown = [{"variant": r["variant"], "mode": r["metric"].removeprefix("top1_"), "seeds": r["n"],
+                  "top-1 (%)": _fmt(r["top1"], digits), f"gain vs {baseline} (points)": _fmt(r["gain"], digits),
+                  "95 % interval": f"[{_fmt(r['low'], digits)}, {_fmt(r['high'], digits)}]",
+                  "box area": _fmt(r["box_area"], 2), "all cues in box": _fmt(r["cue_all"], 2),
+                  "share of the oracle's gain": "" if r["oracle_share"] != r["oracle_share"] else f"{r['oracle_share']:.0%}"}
+                 for r in rows]
         return to_markdown(shown)
     return rows
 

@@ -29,7 +29,7 @@ from .checkpoints import (CHECKPOINT_VERSION, check_resume, checkpoint_interval,
                           report_skipped, rng_state, save_checkpoint, set_rng_state, write_metrics)
 from .config import TrainConfig
 from .devices import loader_workers, select_device
-from .evaluation import evaluate
+from .evaluation import evaluate, selection_mode
 from .loaders import EpochBatchSampler, SeededItems, build_data, eval_loader, normalisation, passed_over
 from .memory import check_fits
 from .pretrained import build_model
@@ -241,7 +241,7 @@ def _end_epoch(run: Run, epoch: int, row: dict) -> None:
         row.update({f"val_{k}": v for k, v in evaluate(model, run.eval_sets["val"], cfg, run.device,
                                                         skipped=run.skipped).items()})
         row["eval_time_s"] = time.perf_counter() - t_eval
-        score = row[f"val_top1_{cfg.select_by}"]
+        score = row[f"val_top1_{selection_mode(cfg)}"]
     else:
         score = float(epoch)  # no validation split: the latest epoch is the best
     run.skipped = dist.gather_keys(run.skipped)

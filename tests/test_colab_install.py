@@ -112,7 +112,7 @@ def test_install_cell_changes_nothing_colab_has(colab_like, wheel, tmp_path):
         import json, pathlib, sys, types
         import ipywidgets, torch
         import fgnb
-        from fgnb.results import find_results, load_results, ablation_table, boxes_table, gain_curve, gpu_check_table, localisation_table, speed_table
+        from fgnb.results import find_results, load_results, ablation_table, boxes_table, gain_curve, gpu_check_table, localisation_table, speed_table, book_time_table
         from fgnb.widgets import AttentionExplorer, ThresholdExplorer
 
         colab = types.ModuleType("google.colab"); calls = []
@@ -134,7 +134,8 @@ def test_install_cell_changes_nothing_colab_has(colab_like, wheel, tmp_path):
             p = find_results(name)
             r = load_results(p)
             tables = dict(ablation=ablation_table, boxes=boxes_table, speed=speed_table, sweep=gain_curve,
-                          gpu_check=gpu_check_table, localisation=localisation_table)
+                          gpu_check=gpu_check_table, localisation=localisation_table,
+                          book_time=book_time_table)
             table = tables[r["kind"]](r, markdown=True)
             out["results"][name] = [str(p), p.read_bytes().hex()[:64], table.count("\\n")]
         print(json.dumps(out))

@@ -143,6 +143,36 @@ def test_chapter_opens_with_title_motivation_and_goals(nb_path):
 
 
 @pytest.mark.parametrize("nb_path", _chapters(), ids=lambda p: p.stem)
+def test_chapter_states_its_measured_run_time_at_its_top(nb_path):
+    """The title cell pastes ``run_time``, glued from the timing file for this chapter's own name."""
+    cells = load_nb(nb_path)["cells"]
+    assert "**Run time:** {glue:text}`run_time`" in cell_source(cells[0]), \
+        f"{nb_path.name}: the title cell must state the chapter's run time (glued)"
+    glues = [c for c in cells if c["cell_type"] == "code" and "run_time(" in cell_source(c)]
+    assert any(f'glue("run_time", fgnb.book.run_time("{nb_path.stem}"))' in cell_source(c) for c in glues), \
+        f"{nb_path.name}: no cell glues run_time from fgnb.book.run_time({nb_path.stem!r})"
+
+
+def test_run_time_reads_the_timing_file_and_never_invents_a_number(tmp_path, monkeypatch):
+    import json
+
+    import fgnb.book
+    import fgnb.results
+
+    timing = {"date": "2026-12-06T13:00:00Z", "commit": "abcdef123456", "machine": {"cpu_count": 2},
+              "chapters": {"05_progressive_training": 21.4}, "gpu_chapters": {"05_progressive_training": 7.6}}
+    path = tmp_path / "book_time.json"
+    path.write_text(json.dumps(timing))
+    monkeypatch.setattr(fgnb.results, "find_results", lambda name: path)
+    text = fgnb.book.run_time("05_progressive_training")
+    assert text.startswith("21 s on a 2-core CPU") and "abcdef1" in text and "8 s on a GPU" in text
+    assert fgnb.book.run_time("06_attention_crop").startswith("not in the last timing")
+    assert "not yet timed on a GPU" in fgnb.book.run_time("06_attention_crop")
+    monkeypatch.setattr(fgnb.results, "find_results", lambda name: tmp_path / "missing.json")
+    assert fgnb.book.run_time("05_progressive_training").startswith("not yet timed")
+
+
+@pytest.mark.parametrize("nb_path", _chapters(), ids=lambda p: p.stem)
 def test_chapter_ends_with_summary_and_further_reading(nb_path):
     text = "\n".join(cell_source(c) for c in load_nb(nb_path)["cells"] if c["cell_type"] == "markdown")
     assert re.search(r"^#+\s*Summary", text, re.M) and "you can now" in text.lower(), \

@@ -2,6 +2,7 @@
 the crop's attention is read, which images the crop is cut from, and a validation split that
 does not move with the training seed."""
 import copy
+import math
 import pathlib
 
 import pytest
@@ -24,7 +25,10 @@ step_mod = importlib.import_module("fgnb.step")
 
 TINY = dict(model="vit_tiny_patch16_224", embed_dim=None, num_heads=None, weights=None,
             synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=4, img_size=16, patch_size=8,
-            depth=3, batch_size=6, epochs=1, warmup_epochs=0.0, progress=False, val_fraction=0.25, limit_batches=2)
+            depth=3, batch_size=6, epochs=1, warmup_epochs=0.0, progress=False, val_fraction=0.25, limit_batches=2,
+            # the text's literal crop rule, whose protocol these tests pin step by step (the default box,
+            # block 0 grown, is tested against its by-hand steps below)
+            crop_block=None, min_crop=0, crop_margin=0.0)
 
 
 def cfg(tmp_path, name="run", **kw):
@@ -220,6 +224,40 @@ def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, 
     # the forward that reads the attention for training runs in eval mode
     reads = [e for e in events[: events.index(("views", True))] if e[0] == "attention forward"]
     assert reads and all(training is False for _, training in reads)  # (fgnb's and the reference's)
+
+
+def test_the_default_box_is_block_0s_grown_to_the_min_side_then_by_the_margin(tmp_path):
+    """TrainConfig's crop defaults (issue 28): the first block's head product, thresholded at its
+    mean, boxed, grown around its centre to ``min_crop`` (shifted inside), then by ``crop_margin``
+    of its size on each side, clipped: by hand, image by image, against crop_views."""
+    defaults = TrainConfig()
+    assert (defaults.crop_block, defaults.min_crop, defaults.crop_margin) == (0, 8, 0.25)
+    c = cfg(tmp_path, crop=True, img_size=32, patch_size=4, crop_block=defaults.crop_block, min_crop=defaults.min_crop,
+            crop_margin=defaults.crop_margin, crop_from="input")
+    torch.manual_seed(0)
+    model = build_model(c, 3).eval()
+    with torch.no_grad():  # peaked block-0 maps, as a trained model's: small boxes that the two steps grow
+        model.vit.blocks[0].attn.qkv.weight.mul_(6.0)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        a = model(x, attn_layers=[0]).attn[0].double()                    # (B, H, K), block 0 only
+    _, boxes, _ = crop_views(model, {}, x, c)
+    side, p, sizes = 32, 4, []
+    for b in range(len(x)):
+        s = a[b].log().sum(0)                                             # log of the product over heads
+        marked = [k for k in range(s.numel()) if s[k] > torch.logsumexp(s, 0) - math.log(s.numel())]
+        rows, cols = [k // 8 for k in marked], [k % 8 for k in marked]
+        lo_hi = [(min(cols) * p, (max(cols) + 1) * p), (min(rows) * p, (max(rows) + 1) * p)]
+        grown = []
+        for lo, hi in lo_hi:
+            extent = max(hi - lo, c.min_crop)
+            start = min(max((lo + hi) / 2 - extent / 2, 0), side - extent)
+            grown.append((max(start - c.crop_margin * extent, 0), min(start + extent + c.crop_margin * extent, side)))
+        (x0, x1), (y0, y1) = grown
+        assert boxes[-1][b].tolist() == pytest.approx([x0, y0, x1, y1], abs=1e-5)
+        sizes.append(((lo_hi[0][1] - lo_hi[0][0]) * (lo_hi[1][1] - lo_hi[1][0]), (x1 - x0) * (y1 - y0)))
+    # the case the steps are for: boxes smaller than the view, which the minimum and the margin grow
+    assert any(marked < grown < side * side for marked, grown in sizes), sizes
 
 
 def test_crop_warmup_epochs_delays_the_crops(tmp_path, monkeypatch):

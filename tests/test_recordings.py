@@ -64,7 +64,7 @@ def test_a_reader_who_changes_the_recipe_trains_it_and_is_told_why(recordings, c
     # an option that changes the run: trained here, with the reason
     other = rec.train_or_load(cfg.replace(out=str(recordings / "b"), lr=5e-4), "tiny", retrain=False)
     assert other["recorded"] is False
-    assert "lr: 0.001 recorded, 0.0005 here" in capsys.readouterr().out
+    assert f"lr: {rec.TrainConfig().lr} recorded, 0.0005 here" in capsys.readouterr().out
     # options that do not change a run (where it goes, progress bars, workers) still load the recording
     same = rec.train_or_load(cfg.replace(out=str(recordings / "c"), progress=True, workers=0), "tiny", retrain=False)
     assert same["recorded"] is True

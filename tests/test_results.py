@@ -201,3 +201,58 @@ def test_provenance_says_what_a_row_does_not_record():
     assert provenance({"commit": "0123456789abcdef", "dirty": True}) == "commit 0123456789, dirty tree"
     assert provenance({"commit": None}) == "commit unknown, tree state unknown"
     assert provenance({"commit": "abc", "provenance_note": "x"}).endswith("tree state unknown (x)")
+
+
+def test_gain_table_pairs_each_variant_in_its_reported_mode_and_shares_the_oracles_gain():
+    """A crop variant chosen on the crop mode is read in it, against last's deepest head, seed by
+    seed; its share of the oracle's gain is its mean gain over the oracle's on the shared seeds."""
+    from fgnb.results import gain_table
+
+    last = {0: 0.20, 1: 0.18, 2: 0.22}
+    box = {0: 0.36, 1: 0.33, 2: 0.40}           # crop mode of the learned box
+    orc = {0: 0.48, 1: 0.44, 2: 0.50}           # crop mode of the true head box
+    runs = [{"variant": "last", "seed": s, "test": {"top1_last": x, "top1_crop": 0.0}} for s, x in last.items()]
+    runs += [{"variant": "box", "seed": s, "test": {"top1_last": 0.0, "top1_crop": x, "box_area": 0.2, "cue_all": 0.6}}
+             for s, x in box.items()]
+    runs += [{"variant": "oracle", "seed": s, "test": {"top1_last": 0.0, "top1_crop": x, "box_area": 0.1, "cue_all": 1.0}}
+             for s, x in orc.items()]
+    runs += [{"variant": "plain", "seed": s, "test": {"top1_last": x + 0.01}} for s, x in last.items()]
+    res = {"kind": "ablation", "base_config": {"crop": False, "select_by": "last"},
+           "variants": {"last": {}, "plain": {}, "box": {"crop": True, "select_by": "crop"},
+                        "oracle": {"crop": True, "select_by": None}},  # None + crop: chosen on the crop mode
+           "runs": runs}
+    rows = {r["variant"]: r for r in gain_table(res, oracle="oracle")}
+    assert set(rows) == {"plain", "box", "oracle"}
+    assert rows["plain"]["metric"] == "top1_last" and rows["plain"]["gain"] == pytest.approx(1.0)
+    assert rows["box"]["metric"] == rows["oracle"]["metric"] == "top1_crop"
+    gain = [100 * (box[s] - last[s]) for s in last]
+    gain_o = [100 * (orc[s] - last[s]) for s in last]
+    assert rows["box"]["gain"] == pytest.approx(sum(gain) / 3)
+    assert rows["box"]["top1"] == pytest.approx(100 * sum(box.values()) / 3)
+    assert rows["box"]["oracle_share"] == pytest.approx(sum(gain) / sum(gain_o))
+    assert rows["box"]["box_area"] == pytest.approx(0.2) and rows["oracle"]["cue_all"] == pytest.approx(1.0)
+    assert rows["oracle"]["oracle_share"] != rows["oracle"]["oracle_share"]  # NaN: not its own share
+    (same,) = [r for r in paired_differences(res, metric="top1_crop", baseline_metric="top1_last") if r["variant"] == "box"]
+    assert (rows["box"]["low"], rows["box"]["high"]) == pytest.approx((same["low"], same["high"]))
+    assert "share of the oracle's gain" in gain_table(res, oracle="oracle", markdown=True)
+    with pytest.raises(ValueError, match="oracle='nope'"):
+        gain_table(res, oracle="nope")
+
+
+def test_book_time_table_reads_each_time_against_its_goal():
+    from fgnb.results import book_time_table
+
+    res = {"kind": "book_time", "goal_seconds": {"build_seconds": 240, "chapter_seconds": 60, "train_seconds": 60,
+                                                 "ci_seconds": 720},
+           "build": {"seconds": 250.2}, "chapters": {"01_a": 12.0, "02_b": 61.0},
+           "rebuild_one_chapter": {"seconds": 20.0, "edited": "01_a", "executed_again": ["01_a"]},
+           "default_train": {"seconds": 59.9}}
+    rows = {r["what"]: r for r in book_time_table(res)}
+    assert rows["book build (fresh clone)"]["meets goal"] == "no"
+    assert rows["chapter 01_a"]["meets goal"] == "yes" and rows["chapter 02_b"]["meets goal"] == "no"
+    assert rows["python -m fgnb train (the default)"]["meets goal"] == "yes"
+    assert "rebuild after editing 01_a (executed again: 01_a)" in rows
+    assert not any(k.startswith("CI") for k in rows)  # not timed: not shown
+    assert "| chapter 02_b | 61 | 60 | no |" in book_time_table(res, markdown=True)
+    with pytest.raises(ValueError, match="book_time"):
+        book_time_table({"kind": "speed"})

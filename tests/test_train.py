@@ -111,7 +111,7 @@ def test_resume_equals_uninterrupted(tmp_path, strategy, spy):
 
 def test_resume_refuses_changed_options(tmp_path):
     train(cfg(tmp_path, epochs=2), stop_after_epoch=1)
-    with pytest.raises(ConfigError, match="lr: checkpoint 0.001 vs now 0.5"):
+    with pytest.raises(ConfigError, match=f"lr: checkpoint {TrainConfig().lr} vs now 0.5"):
         train(cfg(tmp_path, epochs=2, lr=0.5, resume=True))
     # a run written before an option existed resumes: the missing option had its default;
     # a run that stopped on a bad image may go on skipping such images
