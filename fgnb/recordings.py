@@ -186,7 +186,8 @@ def _save(cfg: TrainConfig, name: str, result: dict, seconds: float, checkpoints
         elif f.is_file():
             shutil.copyfile(f, tmp / f.name)
     (tmp / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "out"}, indent=1) + "\n")
-    info = {"name": name, **git_commit(RECORDED_RUNS.parent.parent, exclude=[RECORDED_RUNS]),
+    # the recordings and the studies' results files are outputs, not code: neither makes the tree dirty
+    info = {"name": name, **git_commit(RECORDED_RUNS.parent.parent, exclude=[RECORDED_RUNS, "bench/results"]),
             "code_hash": code_hash(), "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "train_seconds": round(seconds, 1), "stop_after_epoch": train_kwargs.get("stop_after_epoch"),
