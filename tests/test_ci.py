@@ -23,3 +23,19 @@ def test_ci_runs_the_readmes_test_command_in_a_fresh_environment():
     assert re.search(r'mktemp -d .*\n(.*\n)*trap .rm -rf "\$CI_TMP". EXIT', body)
     assert '-m venv "$CI_TMP/venv"' in body and 'source "$CI_TMP/venv/bin/activate"' in body
     assert body.index("activate") < body.index(test)
+
+
+def test_readme_times_are_the_timing_files():
+    """The README's timing sentence states bench/results/book_time.json's numbers, rounded."""
+    import json
+    import re
+
+    clock = json.loads((ROOT / "bench" / "results" / "book_time.json").read_text())
+    text = " ".join((ROOT / "README.md").read_text().split())
+    stated = {"book build": clock["build"]["seconds"], "slowest chapter": max(clock["chapters"].values()),
+              "rebuild after editing one chapter": clock["rebuild_one_chapter"]["seconds"],
+              "`python -m fgnb train`": clock["default_train"]["seconds"], "CI": clock["ci"]["seconds"]}
+    for what, seconds in stated.items():
+        m = re.search(re.escape(what) + r" (\d+) s", text)
+        assert m, f"README does not state the {what} time"
+        assert int(m.group(1)) == round(seconds), (what, m.group(1), seconds)
