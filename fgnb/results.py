@@ -592,26 +592,24 @@ def gain_table(results: dict, baseline: str = "last", oracle: str | None = None,
     runs = {(r["variant"], r["seed"]): r for r in results.get("runs", [])}
 
     def values(variant, metric):
-        return {s: _metric_of(r, metric, split) for (v, s), r in runs.items() if v == variant
-                and _metric_of(r, metric, split) is not None}
+        got = {s: _metric_of(r, metric, split) for (v, s), r in runs.items() if v == variant}
+        return {s: x for s, x in got.items() if x is not None}
 
     base = values(baseline, "top1_last")
     if not base:
         raise ValueError(f"no {baseline!r} runs with {split} top1_last in these results")
-    gains = {}
-    for v in variants:
-        mine = values(v, reported_metric(results, v))
-        gains[v] = {s: 100 * (mine[s] - base[s]) for s in mine if s in base}
+    metrics = {v: reported_metric(results, v) for v in variants}
+    scores = {v: values(v, metrics[v]) for v in variants}
+    gains = {v: {s: 100 * (x - base[s]) for s, x in scores[v].items() if s in base} for v in variants}
     rows = []
     for v in variants:
-        metric = reported_metric(results, v)
+        metric, mine = metrics[v], scores[v]
         [d] = paired_differences({**results, "variants": {baseline: {}, v: {}}}, baseline, metric, split,
                                  baseline_metric="top1_last")
-        mine = values(v, metric)
         row = {"variant": v, "metric": metric, "n": d["n"], "top1": 100 * sum(mine.values()) / len(mine) if mine else float("nan"),
                "gain": d["mean"], "low": d["low"], "high": d["high"], "excludes_zero": d["excludes_zero"]}
         for m in ("box_area", "cue_all"):
-            got = [x for x in values(v, m).values()]
+            got = list(values(v, m).values())
             row[m] = sum(got) / len(got) if got else float("nan")
         row["oracle_share"] = float("nan")
         if oracle is not None and v != oracle:
