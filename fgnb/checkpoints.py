@@ -71,7 +71,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     """Rebuild the model of a checkpoint: (model in eval mode, its config, the checkpoint)."""
     state = load_checkpoint(path)
     try:
-        cfg = TrainConfig.from_dict(state["config"], source=str(path))
+        cfg = TrainConfig.from_dict(state["config"], source=str(path), saved=True)
     except (ConfigError, TypeError) as e:
         raise ConfigError(e if str(path) in str(e) else f"{path}: the checkpoint's options are not valid: {e}") from None
     model = build_model(cfg.replace(pretrained=False, weights=None), state["num_classes"])

@@ -66,7 +66,7 @@ DERIVED = {"source_size": lambda o: 4 * o["img_size"], "resize_size": lambda o: 
 #: before the option existed (a recording, a shipped backbone's metadata, a study's run folder)
 #: ran with this value, not with today's default. (Issue 28 moved the crop defaults from the
 #: text's literal reading to the box chosen on validation.)
-WHEN_ADDED = {"crop_block": None, "min_crop": 0, "crop_margin": 0.0, "select_by": "last"}
+WHEN_ADDED = {"crop_block": None, "min_crop": 0, "crop_margin": 0.0, "select_by": "last", "attention_from": "input"}
 
 
 def _default(f: dataclasses.Field):
@@ -192,6 +192,9 @@ class TrainConfig:
     box_rule: str = opt("all", "marked patches -> box", ("all", "largest"))
     threshold_scale: float = opt(1.0, "mark patches whose product exceeds scale x mean")
     crop_from: str = opt("source", "cut the crop from the higher-resolution source image (the text) or the model input", ("source", "input"))
+    attention_from: str = opt("source", "read the crop's attention on the source view the crop is cut from, at its resolution "
+                                        "(a finer patch grid, the position embedding resampled as timm's dynamic_img_size; "
+                                        "chosen on validation), or on the model input (the text)", ("source", "input"))
     min_crop: int = opt(8, "smallest crop side in input pixels (0: no minimum, the text; 8: a quarter of the default "
                            "32 px input, chosen on validation)")
     crop_margin: float = opt(0.25, "context around the box: grow each side by this share of the box's width/height "
@@ -363,11 +366,16 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "config", saved: bool = False) -> "TrainConfig":
+        """Options from a dict. ``saved=True``: the complete config a run wrote (a checkpoint's), where
+        an option it lacks did not exist yet and takes its value when added (:data:`WHEN_ADDED`), not
+        today's default; a user's file or flags (``saved=False``) leave the rest at the defaults."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"{source}: unknown option(s) {sorted(unknown)}; valid options: {', '.join(sorted(names))}")
+        if saved:
+            d = {**{k: v for k, v in WHEN_ADDED.items() if k not in d}, **d}
         return cls(**d)
 
 

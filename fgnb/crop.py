@@ -128,12 +128,17 @@ def attention_boxes(
     ]
 
 
+def _source_view(batch, device, option: str) -> torch.Tensor:
+    if "source" not in batch:
+        raise ValueError(f"{option}='source' needs the data set's source view (build it with source_size=), "
+                         f"or set {option}='input'")
+    return batch["source"].to(device)
+
+
 def _crop_source(batch, x, boxes, cfg: TrainConfig, device):
     """Image to cut the crop from, and the box in its pixels."""
     if cfg.crop_from == "source":
-        if "source" not in batch:
-            raise ValueError("crop_from='source' needs the data set's source view (build it with source_size=)")
-        src = batch["source"].to(device)
+        src = _source_view(batch, device, "crop_from")
         return src, scale_boxes(boxes, x.shape[-2:], src.shape[-2:])
     return x, boxes
 
@@ -145,7 +150,9 @@ def crop_views(model: FGViT, batch: dict, x: torch.Tensor, cfg: TrainConfig, aut
 
     The attention is read at one documented point: a forward of the batch ``x`` with the
     model in eval mode (no dropout in the boxes), before any of the batch's updates, the
-    same for every strategy. Boxes (input pixels) come from that attention, or from the
+    same for every strategy; with ``attention_from='source'``, of the source view instead
+    (:meth:`FGViT.attention`: a finer patch grid, only as deep as the crop's block), and the
+    returned forward then carries no logits. Boxes (input pixels) come from that attention, or from the
     ground truth (``crop_boxes='oracle'``) or at random (``'random'``); a ``crop_margin``
     adds context; the crop is cut from the source view (``crop_from='source'``) and resized
     to the input size. ``crops[r]`` is head r's crop view: its own for ``per_layer``, else
@@ -154,11 +161,23 @@ def crop_views(model: FGViT, batch: dict, x: torch.Tensor, cfg: TrainConfig, aut
     was_training = model.training
     model.eval()
     mode = cfg.crop_attention
-    with autocast():
-        out = model(x, attn_layers=crop_attention_layers(model.target_layers, mode, cfg.crop_block), full_attn=mode == "rollout")
-    model.train(was_training)
-    boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers, cfg.crop_block)
+    layers = crop_attention_layers(model.target_layers, mode, cfg.crop_block)
     size = tuple(x.shape[-2:])
+    if cfg.attention_from == "source":
+        # The attention read on the source view: the same patches, 4x finer (chapter 6). Its
+        # boxes come in source pixels (the minimum side scaled to them) and go back to input pixels.
+        src = _source_view(batch, x.device, "attention_from")
+        zoom = src.shape[-1] / size[-1]
+        with autocast():
+            out = model.attention(src, layers, full_attn=mode == "rollout")
+        boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop * zoom, model.target_layers,
+                                cfg.crop_block)
+        boxes = [scale_boxes(b, src.shape[-2:], size) for b in boxes]
+    else:
+        with autocast():
+            out = model(x, attn_layers=layers, full_attn=mode == "rollout")
+        boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers, cfg.crop_block)
+    model.train(was_training)
     if cfg.crop_boxes == "oracle":
         part = batch["part_box"].to(x.device).float()
         if torch.isnan(part).any():

@@ -66,6 +66,8 @@ def evaluate(model: FGViT, loader, cfg: TrainConfig, device: torch.device | None
         crops, all_boxes, out = crop_views(model, batch, x, cfg, autocast, gen)
         boxes = all_boxes[-1]
         with autocast():
+            if not out.logits:  # the boxes' attention was read on the source view: the global view's own forward
+                out = model(x)
             crop_out = model(crops[-1], upto=R - 1)
         probs = [lg.float().softmax(-1) for lg in out.logits]
         p_mean = torch.stack(probs).mean(0)

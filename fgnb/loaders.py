@@ -50,8 +50,10 @@ def synthetic_params(cfg: TrainConfig) -> dict:
 
 
 def source_size(cfg: TrainConfig) -> int | None:
-    """Side of the source view crops are cut from (``crop_from='source'``), else None."""
-    return (cfg.source_size or DERIVED["source_size"](cfg.to_dict())) if cfg.crop_from == "source" else None
+    """Side of the source view that crops are cut from (``crop_from='source'``) or the crop's
+    attention is read on (``attention_from='source'``), else None."""
+    wanted = cfg.crop_from == "source" or (cfg.crop and cfg.attention_from == "source")
+    return (cfg.source_size or DERIVED["source_size"](cfg.to_dict())) if wanted else None
 
 
 def dataset_for(cfg: TrainConfig, split: str, mean, std, root: str | None = None):

@@ -10,6 +10,7 @@ layers, c_l the CLS vector after layer l, y_r the logits of target r. The backbo
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Iterable, Sequence
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import Format
 from timm.models.vision_transformer import VisionTransformer
 
 from .attention import cls_attention
@@ -212,6 +214,66 @@ class FGViT(nn.Module):
             grid=grid,
             patch_size=self.patch_size,
         )
+
+    def attention(self, x: torch.Tensor, attn_layers: Iterable[int] | str, full_attn: bool = False) -> FGViTOutput:
+        """The CLS attention of blocks ``attn_layers`` on an image of any size that is a multiple
+        of the patch size (chapter 6: the crop's attention read on the source view).
+
+        A grid other than the model's own takes the position embedding resampled to it
+        (bicubic), exactly as timm's ``dynamic_img_size=True`` does: p' = resample(p, (h/P, w/P)).
+        Only the blocks below the deepest requested one run, and that one only up to its qkv
+        projection, which is all its CLS attention needs. Returns an :class:`FGViTOutput`
+        without logits (``attn``, ``full_attn``, ``grid``, ``patch_size``).
+        """
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch of images (B, 3, H, W), got shape {tuple(x.shape)}")
+        (ph, pw), (h, w) = self.patch_size, x.shape[-2:]
+        if h % ph or w % pw:
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}: the attention is "
+                             f"read on whole patches (make the source view a multiple of {ph})")
+        capture = self._attn_layer_set(attn_layers)
+        if not capture:
+            raise ValueError("attention() needs at least one block in attn_layers")
+        captured: dict[int, torch.Tensor] = {}
+        full: dict[int, torch.Tensor] = {}
+
+        class _Done(Exception):
+            pass
+
+        def stop(_module, _inputs, _output):
+            raise _Done  # the deepest block's CLS attention is captured: the rest is not needed
+
+        hooks = [self.vit.blocks[i].attn.qkv.register_forward_hook(self._make_hook(i, captured, full if full_attn else None))
+                 for i in capture]
+        hooks.append(self.vit.blocks[capture[-1]].attn.qkv.register_forward_hook(stop))
+        try:
+            vit = self.vit
+            with torch.no_grad(), self._any_input_size((h, w) != self.img_size):
+                t = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+                for blk in vit.blocks[: capture[-1] + 1]:
+                    t = blk(t)
+        except _Done:
+            pass
+        finally:
+            for hk in hooks:
+                hk.remove()
+        return FGViTOutput(logits=[], cls=[], layers=(), attn=captured, full_attn=full, grid=(h // ph, w // pw),
+                           patch_size=self.patch_size)
+
+    @contextlib.contextmanager
+    def _any_input_size(self, on: bool = True):
+        """timm's ``dynamic_img_size`` for the duration: the patch embedding keeps its (B, h, w, D)
+        map and ``_pos_embed`` resamples the position embedding to it (timm's own code path)."""
+        vit, pe = self.vit, self.vit.patch_embed
+        if not on or getattr(vit, "dynamic_img_size", False):
+            yield
+            return
+        saved = (vit.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt)
+        vit.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt = True, False, False, Format.NHWC
+        try:
+            yield
+        finally:
+            vit.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt = saved
 
     def _attn_layer_set(self, attn_layers) -> list[int]:
         if attn_layers is None:

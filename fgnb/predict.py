@@ -23,7 +23,8 @@ def predict_files(checkpoint, images, top_k: int = 5, out_dir=None, device="auto
     """Classify each file with the ``crop`` inference mode and save ``<name>.attention.png``.
 
     The crop is made as the run trained it (:func:`fgnb.crop.crop_views`): the run's
-    attention mode, box rule and margin, cut from the source view when ``crop_from='source'``.
+    attention mode, box rule and margin, read and cut from the source view when ``attention_from`` and
+    ``crop_from`` say ``'source'``.
     """
     import matplotlib.pyplot as plt
 
@@ -45,7 +46,8 @@ def predict_files(checkpoint, images, top_k: int = 5, out_dir=None, device="auto
         crops, boxes, out = crop_views(model, item, x, cfg)
         scores = attention_scores(out, cfg.crop_attention, model.target_layers, cfg.crop_block)[-1]
         box, crop = boxes[-1], crops[-1]
-        p = 0.5 * (out.logits[-1].softmax(-1) + model(crop).logits[-1].softmax(-1))[0]
+        logits = out.logits[-1] if out.logits else model(x).logits[-1]  # attention_from='source': no logits in out
+        p = 0.5 * (logits.softmax(-1) + model(crop).logits[-1].softmax(-1))[0]
         top = torch.topk(p, k)
         fig, axes = plt.subplots(1, 2, figsize=(6, 3))
         img = to_display(x[0], dc["mean"], dc["std"])

@@ -167,3 +167,34 @@ def test_safetensors_checkpoint(tmp_path):
 def test_fgvit_needs_a_vision_transformer():
     with pytest.raises(TypeError, match="VisionTransformer"):
         FGViT(torch.nn.Linear(2, 2), 3)
+
+
+@pytest.mark.parametrize("arch", ["plain", "hybrid"])
+def test_attention_at_another_size_equals_timms_dynamic_img_size(arch):
+    """FGViT.attention on a larger (non-square) image: the CLS attention that timm's own
+    ``dynamic_img_size=True`` model computes (position embedding resampled to the grid), with
+    the same weights; at the model's own size, the forward's attention; and the model is left
+    as it was (a fixed-size model afterwards)."""
+    name, kw = (("vit_tiny_patch16_224", SMALL) if arch == "plain" else
+                ("vit_tiny_r_s16_p8_224", dict(img_size=32, patch_size=2, depth=3, embed_dim=48, num_heads=3)))
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=4, **kw).eval()
+    torch.manual_seed(0)
+    ref = create_model(name, num_classes=4, dynamic_img_size=True, **kw).eval()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    same = m.attention(x, [0, 1])
+    out = m(x, attn_layers=[0, 1])
+    assert same.grid == out.grid and not same.logits
+    for i in (0, 1):
+        assert torch.equal(same.attn[i], out.attn[i])
+    big = torch.randn(2, 3, 96, 64)
+    got, want = m.attention(big, [0, 2]), ref(big, attn_layers=[0, 2])
+    assert got.grid == want.grid == (96 // m.patch_size[0], 64 // m.patch_size[1])
+    for i in (0, 2):
+        torch.testing.assert_close(got.attn[i], want.attn[i], atol=1e-6, rtol=0)
+    assert got.attn[0].shape[-1] != out.attn[0].shape[-1]  # a finer grid, not the input's
+    with pytest.raises(ValueError, match="does not match the model's img_size"):
+        m(big)  # the size switch did not outlive the call
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        m.attention(torch.randn(1, 3, 36, 32), [0])

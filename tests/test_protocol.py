@@ -14,6 +14,7 @@ import importlib
 from fgnb.boxes import expand_boxes, random_boxes_like
 from fgnb.config import TrainConfig
 from fgnb.crop import attention_boxes, crop_attention_layers, crop_views
+from fgnb.evaluation import evaluate
 from fgnb.loaders import build_data, normalisation
 from fgnb.model import FGViT, create_model
 from fgnb.pretrained import build_model
@@ -188,7 +189,8 @@ def test_train_passes_label_smoothing_to_every_training_loss(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------ where the crop's attention is read
-def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, monkeypatch):
+@pytest.mark.parametrize("attention_from", ["input", "source"])
+def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, monkeypatch, attention_from):
     events = []
     real_views, real_step = step_mod.crop_views, strategies._apply_step
 
@@ -197,26 +199,39 @@ def test_crop_attention_is_read_before_the_batch_updates_in_eval_mode(tmp_path, 
         crops, boxes, out = real_views(model, batch, x, c, *a, **k)
         # the same boxes from an independent eval-mode forward of the model as it was
         snapshot.eval()
+        layers = crop_attention_layers(snapshot.target_layers, c.crop_attention)
         with torch.no_grad():
-            ref = snapshot(x, attn_layers=crop_attention_layers(snapshot.target_layers, c.crop_attention))
-        expected = attention_boxes(ref, c.crop_attention, c.box_rule, c.threshold_scale, c.min_crop, snapshot.target_layers)
+            if attention_from == "input":
+                ref = snapshot(x, attn_layers=layers)
+                expected = attention_boxes(ref, c.crop_attention, c.box_rule, c.threshold_scale, c.min_crop,
+                                           snapshot.target_layers)
+            else:  # on the 4x source view, boxes in its pixels, then in the input's
+                ref = snapshot.attention(batch["source"], layers)
+                expected = [b / 4 for b in attention_boxes(ref, c.crop_attention, c.box_rule, c.threshold_scale,
+                                                           c.min_crop * 4, snapshot.target_layers)]
         for b, e in zip(boxes, expected):
             assert torch.equal(b, e)
         events.append(("views", model.training))
         return crops, boxes, out
 
-    real_forward = FGViT.forward
+    real_forward, real_attention = FGViT.forward, FGViT.attention
 
     def forward(self, x, upto=None, attn_layers=None, full_attn=False):
         if attn_layers is not None:
             events.append(("attention forward", self.training))
         return real_forward(self, x, upto, attn_layers, full_attn)
 
+    def attention(self, x, attn_layers, full_attn=False):
+        events.append(("attention forward", self.training))
+        return real_attention(self, x, attn_layers, full_attn)
+
     monkeypatch.setattr(step_mod, "crop_views", views)
     monkeypatch.setattr(importlib.import_module("fgnb.evaluation"), "crop_views", views)
     monkeypatch.setattr(FGViT, "forward", forward)
+    monkeypatch.setattr(FGViT, "attention", attention)
     monkeypatch.setattr(strategies, "_apply_step", lambda *a: (events.append(("step", None)), real_step(*a)))
-    train(cfg(tmp_path, strategy="progressive", crop=True, val_fraction=0.0, epochs=1))
+    train(cfg(tmp_path, strategy="progressive", crop=True, val_fraction=0.0, epochs=1, crop_block=None, min_crop=0,
+              crop_margin=0.0, attention_from=attention_from))
     training = [e for e in events if e[0] in ("views", "step")]
     training = training[: training.index(("views", False))]  # then the test split is evaluated
     # per batch: the boxes first (model back in train mode afterwards), then the R steps
@@ -233,7 +248,7 @@ def test_the_default_box_is_block_0s_grown_to_the_min_side_then_by_the_margin(tm
     defaults = TrainConfig()
     assert (defaults.crop_block, defaults.min_crop, defaults.crop_margin) == (0, 8, 0.25)
     c = cfg(tmp_path, crop=True, img_size=32, patch_size=4, crop_block=defaults.crop_block, min_crop=defaults.min_crop,
-            crop_margin=defaults.crop_margin, crop_from="input")
+            crop_margin=defaults.crop_margin, crop_from="input", attention_from="input")
     torch.manual_seed(0)
     model = build_model(c, 3).eval()
     with torch.no_grad():  # peaked block-0 maps, as a trained model's: small boxes that the two steps grow
@@ -258,6 +273,60 @@ def test_the_default_box_is_block_0s_grown_to_the_min_side_then_by_the_margin(tm
         sizes.append(((lo_hi[0][1] - lo_hi[0][0]) * (lo_hi[1][1] - lo_hi[1][0]), (x1 - x0) * (y1 - y0)))
     # the case the steps are for: boxes smaller than the view, which the minimum and the margin grow
     assert any(marked < grown < side * side for marked, grown in sizes), sizes
+
+
+def test_the_default_reads_the_attention_on_the_source_view(tmp_path):
+    """attention_from='source' (the default): block 0's head product on the 4x source view's
+    finer grid, thresholded and boxed there with the minimum side in source pixels (4 x min_crop),
+    mapped to input pixels, then grown by the margin: by hand against crop_views; and the
+    box differs from the one read on the input (the option is not a no-op)."""
+    defaults = TrainConfig()
+    assert defaults.attention_from == "source" and TrainConfig.from_dict({}, saved=True).attention_from == "input"
+    c = cfg(tmp_path, crop=True, img_size=32, patch_size=4, crop_block=0, min_crop=8, crop_margin=0.25, crop_from="input",
+            attention_from="source")
+    torch.manual_seed(0)
+    model = build_model(c, 3).eval()
+    with torch.no_grad():  # peaked maps on the 32 x 32 grid: boxes of a few patches, smaller than the minimum
+        model.vit.blocks[0].attn.qkv.weight.mul_(20.0)
+    x, src = torch.randn(6, 3, 32, 32), torch.randn(6, 3, 128, 128)
+    small = 0
+    with torch.no_grad():
+        a = model.attention(src, [0]).attn[0].double()                    # (B, H, 32 * 32)
+    _, boxes, out = crop_views(model, {"source": src}, x, c)
+    assert out.grid == (32, 32) and not out.logits
+    for b in range(len(x)):
+        s = a[b].log().sum(0)
+        marked = (s > torch.logsumexp(s, 0) - math.log(s.numel())).nonzero().flatten().tolist()
+        rows, cols = [k // 32 for k in marked], [k % 32 for k in marked]
+        grown = []
+        for lo, hi in ((min(cols) * 4, (max(cols) + 1) * 4), (min(rows) * 4, (max(rows) + 1) * 4)):
+            small += hi - lo < 4 * c.min_crop
+            extent = max(hi - lo, 4 * c.min_crop)                          # source pixels
+            start = min(max((lo + hi) / 2 - extent / 2, 0), 128 - extent)
+            lo, extent = start / 4, extent / 4                                # input pixels
+            grown.append((max(lo - c.crop_margin * extent, 0), min(lo + extent + c.crop_margin * extent, 32)))
+        (x0, x1), (y0, y1) = grown
+        assert boxes[-1][b].tolist() == pytest.approx([x0, y0, x1, y1], abs=1e-5)
+    assert small >= 4  # sides the minimum grew
+    _, on_input, _ = crop_views(model, {"source": src}, x, c.replace(attention_from="input"))
+    assert not torch.equal(on_input[-1], boxes[-1])
+
+
+def test_attention_from_source_needs_the_source_view(tmp_path):
+    c = cfg(tmp_path, crop=True, crop_from="input", attention_from="source")
+    with pytest.raises(ValueError, match="attention_from='source' needs the data set's source view"):
+        crop_views(build_model(c, 3), {}, torch.randn(2, 3, 16, 16), c)
+
+
+def test_evaluate_with_the_attention_on_the_source_scores_the_global_view_alike(tmp_path):
+    """The global view's top-1 cannot depend on where the boxes' attention is read."""
+    c = cfg(tmp_path, crop=True, crop_from="source")
+    b = _first_batch(c)
+    torch.manual_seed(0)
+    m = build_model(c, 3).eval()
+    res = {af: evaluate(m, [b], c.replace(attention_from=af)) for af in ("input", "source")}
+    for k in ("top1_head0", "top1_head1", "top1_last", "top1_mean"):
+        assert res["input"][k] == res["source"][k]
 
 
 def test_crop_warmup_epochs_delays_the_crops(tmp_path, monkeypatch):
