@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args",
-           "option_differences", "options_tagged", "DERIVED", "WHEN_ADDED", "ROLES", "SYNTHETIC", "SYNTHETIC_ARCH", "SYNTHETIC_VIT_ARCH", "SYNTHETIC_ARCHS"]
+           "option_differences", "options_tagged", "selected_on", "DERIVED", "WHEN_ADDED", "ROLES", "SYNTHETIC", "SYNTHETIC_ARCH", "SYNTHETIC_VIT_ARCH", "SYNTHETIC_ARCHS"]
 
 
 class ConfigError(ValueError):
@@ -61,6 +61,12 @@ def option_differences(saved: dict, wanted: dict, ignore=()) -> dict[str, tuple]
 #: inference mode that uses the crop when the run trains on crops, else on the deepest head.
 DERIVED = {"source_size": lambda o: 4 * o["img_size"], "resize_size": lambda o: int(round(o["img_size"] * 8 / 7)),
            "select_by": lambda o: "crop" if o.get("crop") else "last"}
+
+def selected_on(options: dict) -> str:
+    """The inference mode whose validation top-1 picks a run's checkpoint, from its options (a
+    config's dict, or a study's base options with a variant's): ``select_by``, or its derived value."""
+    return options.get("select_by") or DERIVED["select_by"](options)
+
 
 #: The value an option had when it was added, where its default changed since: a config saved
 #: before the option existed (a recording, a shipped backbone's metadata, a study's run folder)
@@ -196,7 +202,7 @@ class TrainConfig:
                                         "(a finer patch grid, the position embedding resampled as timm's dynamic_img_size; "
                                         "chosen on validation), or on the model input (the text)", ("source", "input"))
     min_crop: int = opt(8, "smallest crop side in input pixels (0: no minimum, the text; 8: a quarter of the default "
-                           "32 px input, chosen on validation)")
+                           "32 px input, the share the box screen chose on validation for the 64 px hybrid, 16 px)")
     crop_margin: float = opt(0.25, "context around the box: grow each side by this share of the box's width/height "
                                    "(0: none, the text; 0.25 chosen on validation)")
     crop_warmup_epochs: int = opt(0, "train on crops only from this epoch on (0-based; the model localises first)", role="experiment")

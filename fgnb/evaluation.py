@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .boxes import box_iou, points_in_boxes
-from .config import DERIVED, TrainConfig
+from .config import TrainConfig, selected_on
 from .crop import crop_views
 from .devices import autocast_for
 from .loaders import part_names, passed_over
@@ -26,7 +26,7 @@ INFERENCE_MODES = ("last", "mean", "crop", "crop_only")
 def selection_mode(cfg: TrainConfig) -> str:
     """The inference mode whose validation top-1 picks the best checkpoint: ``cfg.select_by``, or
     (None) ``crop`` for a run that trains on crops (the prediction the module is for), else ``last``."""
-    return cfg.select_by or DERIVED["select_by"](cfg.to_dict())
+    return selected_on(cfg.to_dict())
 
 
 @torch.no_grad()

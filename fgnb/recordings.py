@@ -216,7 +216,7 @@ def verify(names=None, update: bool = False, out_root: str | None = None) -> lis
     for name in names or recorded_names():
         folder = _folder(name)
         info = json.loads((folder / "recording.json").read_text())
-        cfg = TrainConfig(**yaml.safe_load((folder / "config.yaml").read_text()))
+        cfg = TrainConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()), str(folder), saved=True)
         base = pathlib.Path(tempfile.mkdtemp(prefix="fgnb-verify-", dir=out_root))
         t0 = time.perf_counter()
         result = train(cfg.replace(out=str(base / "run"), progress=False, resume=False),

@@ -57,7 +57,7 @@ from typing import Any, Sequence
 __all__ = ["find_results", "load_results", "ablation_table", "boxes_table", "speed_table", "gpu_check_table",
            "ABLATION_METRICS",
            "to_markdown", "t_quantile", "paired_differences", "seeds_needed", "load_results_dir", "gain_curve",
-           "t_p_value", "holm", "reported_metric", "family_against", "as_sweep", "seed_plan", "rule_cells",
+           "t_p_value", "holm", "reported_metric", "default_variant", "BOX_OPTIONS", "family_against", "as_sweep", "seed_plan", "rule_cells",
            "provenance", "gain_table", "book_time_table"]
 
 ABLATION_METRICS = ("top1_last", "top1_mean", "top1_crop", "iou50", "part_hit", "box_area")
@@ -502,10 +502,9 @@ def reported_metric(results: dict, variant: str) -> str:
     on the global and the crop view, averaged) for a crop-mode variant, one whose checkpoint is
     chosen on that mode (``select_by='crop'``); the deepest head (``top1_last``) otherwise."""
     opts = {**(results.get("base_config") or {}), **((results.get("variants") or {}).get(variant) or {})}
-    from .config import DERIVED
+    from .config import selected_on
 
-    select_by = opts.get("select_by") or DERIVED["select_by"](opts)
-    return "top1_crop" if opts.get("crop") and select_by == "crop" else "top1_last"
+    return "top1_crop" if opts.get("crop") and selected_on(opts) == "crop" else "top1_last"
 
 
 def provenance(row: dict) -> str:
@@ -569,6 +568,27 @@ def paired_differences(results: dict, baseline: str = "last", metric: str = "top
                   "95 % interval": f"[{_fmt(r['low'], 2)}, {_fmt(r['high'], 2)}]", "sd": _fmt(r["sd"], 2)} for r in rows]
         return to_markdown(shown)
     return rows
+
+
+#: the options that say which box a crop variant trains with (where its attention is read and how
+#: the box is made from it): what :func:`default_variant` compares with ``TrainConfig``'s defaults
+BOX_OPTIONS = ("crop_boxes", "crop_attention", "crop_block", "attention_from", "box_rule", "threshold_scale",
+               "min_crop", "crop_margin", "crop_from")
+
+
+def default_variant(results: dict) -> str | None:
+    """The crop variant of a study that trains ``fgnb``'s default box (``TrainConfig(crop=True)``):
+    the one whose options (the study's base config, then the variant's own) equal the defaults
+    on every :data:`BOX_OPTIONS` option; None when no variant does."""
+    from .config import TrainConfig
+
+    default = TrainConfig(crop=True)
+    base = results.get("base_config") or {}
+    hits = [v for v, own in (results.get("variants") or {}).items()
+            if {**base, **own}.get("crop") and all({**base, **own}.get(k) == getattr(default, k) for k in BOX_OPTIONS)]
+    if len(hits) > 1:
+        raise ValueError(f"variants {hits} all train the default box: a study names each box once")
+    return hits[0] if hits else None
 
 
 def gain_table(results: dict, baseline: str = "last", oracle: str | None = None, split: str = "test",

@@ -239,6 +239,29 @@ def test_gain_table_pairs_each_variant_in_its_reported_mode_and_shares_the_oracl
         gain_table(res, oracle="nope")
 
 
+def test_default_variant_is_the_one_whose_box_options_are_trainconfigs():
+    from fgnb.config import TrainConfig
+    from fgnb.results import BOX_OPTIONS, default_variant
+
+    d = TrainConfig(crop=True)
+    base = {"crop": False, "crop_block": None, "min_crop": 0, "crop_margin": 0.0, "attention_from": "input",
+            **{k: getattr(d, k) for k in ("crop_boxes", "crop_attention", "box_rule", "threshold_scale", "crop_from")}}
+    mine = {k: getattr(d, k) for k in ("crop_block", "min_crop", "crop_margin", "attention_from")}
+    res = {"base_config": base, "variants": {
+        "last": {}, "literal": {"crop": True},
+        "on_input": {"crop": True, **mine, "attention_from": "input"},
+        "mine": {"crop": True, **mine, "select_by": "crop"},
+        "oracle": {"crop": True, **mine, "crop_boxes": "oracle"}}}
+    assert default_variant(res) == "mine"
+    assert set(BOX_OPTIONS) >= set(mine) | {"crop_boxes", "crop_from"}
+    res["variants"]["mine"]["crop_margin"] = d.crop_margin + 0.25
+    assert default_variant(res) is None
+    res["variants"]["mine"]["crop_margin"] = d.crop_margin
+    res["variants"]["twin"] = dict(res["variants"]["mine"])
+    with pytest.raises(ValueError, match="all train the default box"):
+        default_variant(res)
+
+
 def test_book_time_table_reads_each_time_against_its_goal():
     from fgnb.results import book_time_table
 
