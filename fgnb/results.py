@@ -582,10 +582,10 @@ def default_variant(results: dict) -> str | None:
     on every :data:`BOX_OPTIONS` option; None when no variant does."""
     from .config import TrainConfig
 
-    default = TrainConfig(crop=True)
+    wanted = {k: getattr(TrainConfig(crop=True), k) for k in BOX_OPTIONS}
     base = results.get("base_config") or {}
-    hits = [v for v, own in (results.get("variants") or {}).items()
-            if {**base, **own}.get("crop") and all({**base, **own}.get(k) == getattr(default, k) for k in BOX_OPTIONS)]
+    runs_with = {v: {**base, **own} for v, own in (results.get("variants") or {}).items()}
+    hits = [v for v, o in runs_with.items() if o.get("crop") and all(o.get(k) == x for k, x in wanted.items())]
     if len(hits) > 1:
         raise ValueError(f"variants {hits} all train the default box: a study names each box once")
     return hits[0] if hits else None
