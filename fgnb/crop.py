@@ -163,20 +163,18 @@ def crop_views(model: FGViT, batch: dict, x: torch.Tensor, cfg: TrainConfig, aut
     mode = cfg.crop_attention
     layers = crop_attention_layers(model.target_layers, mode, cfg.crop_block)
     size = tuple(x.shape[-2:])
-    if cfg.attention_from == "source":
-        # The attention read on the source view: the same patches, 4x finer (chapter 6). Its
-        # boxes come in source pixels (the minimum side scaled to them) and go back to input pixels.
-        src = _source_view(batch, x.device, "attention_from")
-        zoom = src.shape[-1] / size[-1]
-        with autocast():
-            out = model.attention(src, layers, full_attn=mode == "rollout")
-        boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop * zoom, model.target_layers,
-                                cfg.crop_block)
-        boxes = [scale_boxes(b, src.shape[-2:], size) for b in boxes]
-    else:
-        with autocast():
-            out = model(x, attn_layers=layers, full_attn=mode == "rollout")
-        boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop, model.target_layers, cfg.crop_block)
+    # The view the attention is read on: the input, or the source view (the same patches, 4x
+    # finer: chapter 6), whose boxes come in its pixels (the minimum side scaled to them) and go
+    # back to input pixels.
+    view = _source_view(batch, x.device, "attention_from") if cfg.attention_from == "source" else x
+    zoom = view.shape[-1] / size[-1]
+    with autocast():
+        # On the input, the whole forward: evaluate() reuses its logits as the global view's.
+        out = (model(x, attn_layers=layers, full_attn=mode == "rollout") if view is x
+               else model.attention(view, layers, full_attn=mode == "rollout"))
+    boxes = attention_boxes(out, mode, cfg.box_rule, cfg.threshold_scale, cfg.min_crop * zoom, model.target_layers,
+                            cfg.crop_block)
+    boxes = [scale_boxes(b, view.shape[-2:], size) for b in boxes]
     model.train(was_training)
     if cfg.crop_boxes == "oracle":
         part = batch["part_box"].to(x.device).float()

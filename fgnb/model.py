@@ -192,15 +192,14 @@ class FGViT(nn.Module):
             for i in capture
         ]
         try:
-            vit = self.vit
-            t = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+            t = self.tokens(x)
             cls = []
             wanted = set(self.target_layers[:n_heads])
             for i in range(stop + 1):
-                t = vit.blocks[i](t)
+                t = self.vit.blocks[i](t)
                 if i in wanted:
                     # The shared final norm makes the deepest c_l exactly timm's forward_features CLS.
-                    cls.append(vit.norm(t[:, 0]))
+                    cls.append(self.vit.norm(t[:, 0]))
         finally:
             for h in hooks:
                 h.remove()
@@ -214,6 +213,13 @@ class FGViT(nn.Module):
             grid=grid,
             patch_size=self.patch_size,
         )
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The sequence the first block reads (chapter 2): z_0 = [x_cls; x_p^1 E; ...; x_p^K E] + E_pos
+        (a hybrid's stem replaces x_p E), built by timm's own patch embedding, prefix tokens, position
+        embedding and ``norm_pre``: the one place :meth:`forward` and :meth:`attention` make it."""
+        vit = self.vit
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
 
     def attention(self, x: torch.Tensor, attn_layers: Iterable[int] | str, full_attn: bool = False) -> FGViTOutput:
         """The CLS attention of blocks ``attn_layers`` on an image of any size that is a multiple
@@ -247,10 +253,9 @@ class FGViT(nn.Module):
                  for i in capture]
         hooks.append(self.vit.blocks[capture[-1]].attn.qkv.register_forward_hook(stop))
         try:
-            vit = self.vit
             with torch.no_grad(), self._any_input_size((h, w) != self.img_size):
-                t = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
-                for blk in vit.blocks[: capture[-1] + 1]:
+                t = self.tokens(x)
+                for blk in self.vit.blocks[: capture[-1] + 1]:
                     t = blk(t)
         except _Done:
             pass

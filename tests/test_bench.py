@@ -193,3 +193,19 @@ def test_a_results_file_outside_the_checkout_leaves_a_changed_script_dirty(tmp_p
     assert common.git_commit(ignore=[outside])["dirty"] is False
     (repo / "bench" / "boxes.py").write_text("x = 2\n")
     assert common.git_commit(ignore=[outside])["dirty"] is True
+
+
+def test_book_time_reports_the_median_of_the_default_runs_and_keeps_each():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from book_time import median_run
+
+    def run(seconds, rc=0):
+        return {"command": "python -m fgnb train", "seconds": seconds, "returncode": rc}
+
+    odd = median_run([run(64.7), run(57.5), run(58.2)])
+    assert odd["seconds"] == 58.2 and odd["statistic"] == "median of 3 runs"
+    assert [r["seconds"] for r in odd["runs"]] == [64.7, 57.5, 58.2] and odd["returncode"] == 0
+    assert median_run([run(61.0), run(57.0)])["seconds"] == 59.0  # even count: the mean of the middle two
+    assert median_run([run(57.0), run(70.0, rc=1), run(58.0)])["returncode"] == 1  # a failed run is not hidden
+    with pytest.raises(ValueError, match="at least one"):
+        median_run([])

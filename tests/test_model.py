@@ -21,6 +21,22 @@ def test_final_cls_equals_timm_forward_features():
     assert out.layers == (1, 2, 3) and len(out.logits) == 3 and out.logits[0].shape == (3, 5)
 
 
+@pytest.mark.parametrize("model", ["vit_tiny_patch16_224", "vit_tiny_r_s16_p8_224"])
+def test_tokens_are_what_timms_first_block_reads(model):
+    """FGViT.tokens, the one place z_0 is made, is the input of timm's first block (plain and hybrid)."""
+    torch.manual_seed(0)
+    kw = dict(SMALL, patch_size=2) if "_r_" in model else SMALL
+    m = create_model(model, num_classes=5, **kw).eval()
+    x = torch.randn(2, 3, 32, 32)
+    seen = {}
+    hook = m.vit.blocks[0].register_forward_pre_hook(lambda mod, args: seen.update(z0=args[0]))
+    with torch.no_grad():
+        m.vit.forward_features(x)
+        hook.remove()
+        assert torch.equal(m.tokens(x), seen["z0"])
+    assert seen["z0"].shape == (2, 1 + m.grid(32, 32)[0] * m.grid(32, 32)[1], 48)
+
+
 def test_intermediate_cls_equals_timm_forward_intermediates():
     m = small()
     x = torch.randn(2, 3, 32, 32)

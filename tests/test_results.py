@@ -277,5 +277,11 @@ def test_book_time_table_reads_each_time_against_its_goal():
     assert "rebuild after editing 01_a (executed again: 01_a)" in rows
     assert not any(k.startswith("CI") for k in rows)  # not timed: not shown
     assert "| chapter 02_b | 61 | 60 | no |" in book_time_table(res, markdown=True)
+    # repeated default runs (bench/book_time.py --train-repeats): the median, and every run beside it
+    res["default_train"] = {"seconds": 61.2, "statistic": "median of 3 runs",
+                            "runs": [{"seconds": 57.4}, {"seconds": 61.2}, {"seconds": 64.9}]}
+    row = book_time_table(res)[-1]
+    assert row["what"] == "python -m fgnb train (the default), median of 3 runs (57, 61, 65 s)"
+    assert row["seconds"] == 61.2 and row["meets goal"] == "no"
     with pytest.raises(ValueError, match="book_time"):
         book_time_table({"kind": "speed"})
