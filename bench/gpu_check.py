@@ -19,6 +19,14 @@ step does not hide the others; every step has a time budget inside the total):
 
 Results: ``bench/results/gpu_check_cuda.json`` (kind ``gpu_check``) by default.
 
+``--chapters`` (``bash bench/gpu_check.sh --chapters``, <= 8 minutes, its own results file
+``bench/results/chapters_cuda.json``, kind ``gpu_chapters``) times the book on the GPU instead:
+``env``, then ``chapters``: every chapter executed under papermill as a student runs it there
+(its own parameters: on a GPU chapters 5 and 6 train live, ``retrain=True``), in the book's
+order, each chapter's seconds and errors written as it finishes. Every chapter's opening line
+renders its GPU time from that file (:func:`fgnb.book.run_time`). ``--chapter-names`` runs some
+of them only (a CPU can try one: ``--device cpu``).
+
 ``--full`` (``bash bench/gpu_check.sh --full``, <= 8 minutes, its own results file
 ``bench/results/gpu_full_cuda.json``, kind ``gpu_full``) is the full recipe's check instead:
 ``env``, then ``full``: chapter 7's ``full`` profile (timm's ViT-B/16 at 448 px, random
@@ -47,10 +55,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 STEPS = ("env", "speed", "runs", "chapter7", "torchrun")
-#: the steps of --full (its own results file)
+#: the steps of --full, and of --chapters (each its own results file)
 FULL_STEPS = ("env", "full")
+CHAPTER_STEPS = ("env", "chapters")
 #: seconds each step may take (the total of STEPS, and of FULL_STEPS, stays under the 8 minutes of gpu_check.sh)
-BUDGET = {"env": 30, "speed": 150, "runs": 120, "chapter7": 90, "torchrun": 60, "full": 420}
+BUDGET = {"env": 30, "speed": 150, "runs": 120, "chapter7": 90, "torchrun": 60, "full": 420, "chapters": 420}
+#: the book's chapters, in its order (the file names sort as _toc.yml lists them)
+CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CHAPTER7 = ROOT / "notebooks" / "07_full_training_gpu.ipynb"
 #: the small synthetic run: the CPU profile's architecture, a few batches
 RUN = dict(dataset="synthetic", epochs=1, limit_batches=4, batch_size=32, val_fraction=0.1, progress=False,
@@ -176,8 +187,7 @@ def step_chapter7(a, res) -> dict:
                                     output=str(target), timeout=BUDGET["chapter7"])
         nb = json.loads(target.read_text())
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-    errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in nb["cells"] for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = notebook_errors(nb)
     return {"seconds": round(seconds, 1), "errors": errors, "full_profile": "profile: full" in text,
             "amp_line": next((ln for ln in text.splitlines() if ln.startswith("this machine:")), None)}
 
@@ -282,7 +292,47 @@ def step_full(a, res) -> dict:
     return out
 
 
-RUNNERS = {"env": step_env, "speed": step_speed, "runs": step_runs, "chapter7": step_chapter7, "torchrun": step_torchrun, "full": step_full}
+def notebook_errors(nb: dict) -> list[str]:
+    """The error outputs of an executed notebook, as 'Name: value'."""
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb["cells"] for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+
+
+def chosen_chapters(a) -> list[pathlib.Path]:
+    """The chapters ``--chapter-names`` asks for (all by default), in the book's order."""
+    names = [p.stem for p in CHAPTERS]
+    unknown = [n for n in (a.chapter_names or []) if n not in names]
+    if unknown:
+        raise ValueError(f"--chapter-names {' '.join(unknown)}: no such chapter; the chapters: {', '.join(names)}")
+    return [p for p in CHAPTERS if not a.chapter_names or p.stem in a.chapter_names]
+
+
+def step_chapters(a, res) -> dict:
+    """Each chapter executed as a student runs it on this machine (its own parameters), timed; the
+    results file is written after every chapter, so a stop at the limit keeps the chapters done."""
+    import fgnb.book
+
+    deadline = time.monotonic() + BUDGET["chapters"]
+    out = res["chapters"] = {}
+    with tempfile.TemporaryDirectory(prefix="fgnb-gpu-chapters-") as tmp:
+        for path in chosen_chapters(a):
+            left = deadline - time.monotonic()
+            if left < 10:
+                out[path.stem] = {"skipped": "out of time"}
+                continue
+            target = pathlib.Path(tmp) / path.name
+            try:
+                seconds = fgnb.book.execute(path, output=str(target), timeout=int(left))
+                out[path.stem] = {"seconds": round(seconds, 1), "errors": notebook_errors(json.loads(target.read_text()))}
+            except Exception as e:  # papermill raises on a failing cell: the chapter's error is its result
+                out[path.stem] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            print(path.stem, json.dumps(out[path.stem])[:300], flush=True)
+            write(a.out, res)
+    return out
+
+
+RUNNERS = {"env": step_env, "speed": step_speed, "runs": step_runs, "chapter7": step_chapter7, "torchrun": step_torchrun, "full": step_full,
+           "chapters": step_chapters}
 
 
 def main(argv=None) -> int:
@@ -290,19 +340,28 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="results file (default: bench/results/gpu_check_cuda.json, with "
                                                 "--full gpu_full_cuda.json)")
     p.add_argument("--device", default="cuda", help="torch device (cpu: to try the steps without a GPU)")
-    p.add_argument("--steps", nargs="+", default=None, choices=(*STEPS, "full"),
-                   help=f"default: {' '.join(STEPS)}; with --full: {' '.join(FULL_STEPS)}")
-    p.add_argument("--full", action="store_true", help="the full recipe's memory and speed check (see above)")
+    p.add_argument("--steps", nargs="+", default=None, choices=(*STEPS, "full", "chapters"),
+                   help=f"default: {' '.join(STEPS)}; with --full: {' '.join(FULL_STEPS)}; with --chapters: "
+                        f"{' '.join(CHAPTER_STEPS)}")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="the full recipe's memory and speed check (see above)")
+    mode.add_argument("--chapters", action="store_true", help="every chapter executed and timed on this machine (see above)")
+    p.add_argument("--chapter-names", nargs="+", metavar="NAME",
+                   help="--chapters: only these chapters (notebook names without .ipynb)")
     p.add_argument("--full-batches", type=int, default=60, help="--full: batches per epoch (2 epochs per cell)")
     p.add_argument("--tiny", action="store_true", help="--full with a small ViT and a few batches (a CPU can run it)")
     p.add_argument("--max-runs", type=int, default=None, help="at most this many synthetic runs (step 'runs')")
     p.add_argument("--dry-run", action="store_true", help="print and check the plan; run nothing, write nothing")
     a = p.parse_args(argv)
-    a.steps = a.steps or list(FULL_STEPS if a.full else STEPS)
-    a.out = a.out or str(ROOT / "bench" / "results" / ("gpu_full_cuda.json" if a.full else "gpu_check_cuda.json"))
+    a.steps = a.steps or list(FULL_STEPS if a.full else CHAPTER_STEPS if a.chapters else STEPS)
+    kind = "gpu_full" if a.full else "gpu_chapters" if a.chapters else "gpu_check"
+    a.out = a.out or str(ROOT / "bench" / "results" / {"gpu_full": "gpu_full_cuda.json", "gpu_chapters": "chapters_cuda.json",
+                                                       "gpu_check": "gpu_check_cuda.json"}[kind])
+    if a.chapter_names and not a.chapters:
+        p.error("--chapter-names goes with --chapters")
     if a.dry_run:
         return dry_run(a)
-    res = {"kind": "gpu_full" if a.full else "gpu_check", "schema": 1, "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    res = {"kind": kind, "schema": 1, "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "budget_s": {s: BUDGET[s] for s in a.steps}, "steps": list(a.steps)}
     for name in a.steps:
         t0 = time.perf_counter()
@@ -351,6 +410,14 @@ def dry_run(a) -> int:
         TrainConfig(**{k: v for k, v in fgnb.book.profile("full", None, **params["overrides"]).items() if k != "profile"})
     except Exception as e:
         problems.append(f"chapter 7's full profile with the check's overrides: {e}")
+    if "chapters" in a.steps:
+        try:
+            chosen = chosen_chapters(a)
+        except ValueError as e:
+            problems.append(str(e))
+            chosen = []
+        problems += [f"{p.name}: no parameters cell" for p in chosen
+                     if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in json.loads(p.read_text())["cells"])]
     if "full" in a.steps:
         for cell in FULL_CELLS:
             try:
@@ -371,6 +438,8 @@ def dry_run(a) -> int:
             print("  ", v, amp)
     if "chapter7" in a.steps:
         print("chapter7 parameters:", params)
+    if "chapters" in a.steps:
+        print(f"chapters: {', '.join(p.stem for p in chosen)} (each with its own parameters) -> {a.out}")
     if "torchrun" in a.steps:
         for name, cmd in torchrun_commands(a, "TMP").items():
             print(f"torchrun {name}:", " ".join(cmd[1:]))

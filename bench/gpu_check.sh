@@ -3,6 +3,7 @@
 #   bash bench/gpu_check.sh [--out FILE] [--steps env speed runs chapter7 torchrun]
 #   bash bench/gpu_check.sh --dry-run      # anywhere: the plan, checked; nothing runs
 #   bash bench/gpu_check.sh --full         # the full recipe's memory and speed -> bench/results/gpu_full_cuda.json
+#   bash bench/gpu_check.sh --chapters     # every chapter executed and timed -> bench/results/chapters_cuda.json
 # Writes bench/results/gpu_check_cuda.json (and speed_cuda_fp16/bf16.json beside it) after
 # every step, so a hard stop at the limit still leaves the steps done so far.
 set -euo pipefail

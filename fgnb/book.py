@@ -86,7 +86,8 @@ def show_profile(P: dict, keys=None) -> None:
 def run_time(chapter: str) -> str:
     """A chapter's measured run time, for its opening line: its seconds on the CPU of the last
     ``python bench/book_time.py`` (``bench/results/book_time.json``: a fresh clone's book build),
-    and on a GPU where a device check timed it; never an estimate.
+    and on a GPU where ``bash bench/gpu_check.sh --chapters`` timed it (``chapters_cuda.json``:
+    the chapter run as a student runs it there, without an error); never an estimate.
 
     >>> run_time("05_progressive_training")   # doctest: +SKIP
     '21 s on a 2-core CPU (book build of 2026-12-06, commit 1a2b3c4); not yet timed on a GPU'
@@ -96,13 +97,24 @@ def run_time(chapter: str) -> str:
     try:
         data = json.loads(find_results("book_time.json").read_text())
     except FileNotFoundError:
-        return "not yet timed (python bench/book_time.py times every chapter)"
-    seconds = data.get("chapters", {}).get(chapter)
-    gpu = (data.get("gpu_chapters") or {}).get(chapter)
-    where = (f"{data['machine'].get('cpu_count')}-core CPU (book build of {data['date'][:10]}, "
-             f"commit {str(data.get('commit'))[:7]})")
-    cpu = f"{seconds:.0f} s on a {where}" if seconds is not None else f"not in the last timing ({where})"
-    return cpu + (f"; {gpu:.0f} s on a GPU" if gpu is not None else "; not yet timed on a GPU")
+        cpu = "not yet timed on a CPU (python bench/book_time.py times every chapter)"
+    else:
+        seconds = data.get("chapters", {}).get(chapter)
+        where = (f"{data['machine'].get('cpu_count')}-core CPU (book build of {data['date'][:10]}, "
+                 f"commit {str(data.get('commit'))[:7]})")
+        cpu = f"{seconds:.0f} s on a {where}" if seconds is not None else f"not in the last timing ({where})"
+    try:
+        gpu_data = json.loads(find_results("chapters_cuda.json").read_text())
+    except FileNotFoundError:
+        return cpu + "; not yet timed on a GPU"
+    run = (gpu_data.get("chapters") or {}).get(chapter)
+    when = f"device check of {str(gpu_data.get('started'))[:10]}"
+    if run is None or "skipped" in run:
+        return cpu + "; not yet timed on a GPU"
+    if run.get("seconds") is None or run.get("errors") or run.get("error"):
+        return cpu + f"; failed on a GPU ({when}: not timed)"
+    gpu = (gpu_data.get("env") or {}).get("name") or "unnamed"
+    return cpu + f"; {run['seconds']:.0f} s on a GPU ({gpu}, {when})"
 
 
 def source_hash(nb: dict) -> str:

@@ -22,7 +22,7 @@ def test_shell_syntax_and_limit():
     assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")]).returncode == 0
     text = (ROOT / "bench" / "gpu_check.sh").read_text()
     assert "LIMIT_S=${GPU_CHECK_LIMIT_S:-480}" in text and "timeout" in text  # 8 minutes at most
-    for steps in (gpu_check.STEPS, gpu_check.FULL_STEPS):  # the device check, and --full: 8 minutes each
+    for steps in (gpu_check.STEPS, gpu_check.FULL_STEPS, gpu_check.CHAPTER_STEPS):  # each mode: 8 minutes
         assert sum(gpu_check.BUDGET[k] for k in steps) <= 480 - 20
 
 
@@ -79,3 +79,21 @@ def test_full_dry_run_and_one_tiny_cell_on_the_cpu(tmp_path, monkeypatch):
     assert cell["ok"] and cell["source_size"] == 896 and cell["img_size"] == 448 and cell["plan_gib"] > 0
     assert cell["images_per_s"] > 0 and "peak_gib" not in cell  # no CUDA: nothing measured, nothing made up
     assert res["full"]["fixture"]["shape"] == [500, 375]
+
+
+def test_chapters_dry_run_and_one_chapter_timed_on_the_cpu(tmp_path, monkeypatch):
+    """--chapters: the plan lists every chapter in the book's order, a misspelt name is refused with
+    the valid ones, and one chapter executed for real records its seconds and no error."""
+    p = sh("--chapters", "--dry-run")
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = [n.stem for n in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+    assert f"chapters: {', '.join(names)} (each with its own parameters)" in p.stdout and "chapters_cuda.json" in p.stdout
+    p = sh("--chapters", "--chapter-names", "02_patches", "--dry-run")
+    assert p.returncode == 1 and "--chapter-names 02_patches: no such chapter" in p.stderr and names[1] in p.stderr
+    monkeypatch.setenv("FGNB_DATA", str(tmp_path / "data"))
+    out = tmp_path / "chapters.json"
+    assert gpu_check.main(["--chapters", "--device", "cpu", "--chapter-names", "02_patches_and_tokens", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["kind"] == "gpu_chapters" and res["steps"] == ["env", "chapters"]
+    (name, run), = res["chapters"].items()
+    assert name == "02_patches_and_tokens" and run["seconds"] > 0 and run["errors"] == []

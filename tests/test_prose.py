@@ -160,16 +160,31 @@ def test_run_time_reads_the_timing_file_and_never_invents_a_number(tmp_path, mon
     import fgnb.results
 
     timing = {"date": "2026-12-06T13:00:00Z", "commit": "abcdef123456", "machine": {"cpu_count": 2},
-              "chapters": {"05_progressive_training": 21.4}, "gpu_chapters": {"05_progressive_training": 7.6}}
-    path = tmp_path / "book_time.json"
-    path.write_text(json.dumps(timing))
-    monkeypatch.setattr(fgnb.results, "find_results", lambda name: path)
+              "chapters": {"05_progressive_training": 21.4}}
+    (tmp_path / "book_time.json").write_text(json.dumps(timing))
+
+    def find(name):  # the results folder holds only the files written here
+        path = tmp_path / name
+        if not path.exists():
+            raise FileNotFoundError(name)
+        return path
+
+    monkeypatch.setattr(fgnb.results, "find_results", find)
     text = fgnb.book.run_time("05_progressive_training")
-    assert text.startswith("21 s on a 2-core CPU") and "abcdef1" in text and "8 s on a GPU" in text
+    assert text == "21 s on a 2-core CPU (book build of 2026-12-06, commit abcdef1); not yet timed on a GPU"
     assert fgnb.book.run_time("06_attention_crop").startswith("not in the last timing")
-    assert "not yet timed on a GPU" in fgnb.book.run_time("06_attention_crop")
-    monkeypatch.setattr(fgnb.results, "find_results", lambda name: tmp_path / "missing.json")
-    assert fgnb.book.run_time("05_progressive_training").startswith("not yet timed")
+    # the GPU's seconds come from bash bench/gpu_check.sh --chapters (chapters_cuda.json), a failed chapter's never
+    gpu = {"kind": "gpu_chapters", "started": "2026-12-07T09:00:00Z", "env": {"name": "NVIDIA H100 80GB HBM3"},
+           "chapters": {"05_progressive_training": {"seconds": 7.6, "errors": []},
+                        "06_attention_crop": {"seconds": 3.0, "errors": ["RuntimeError: CUDA error"]},
+                        "07_full_training_gpu": {"skipped": "out of time"}}}
+    (tmp_path / "chapters_cuda.json").write_text(json.dumps(gpu))
+    assert fgnb.book.run_time("05_progressive_training").endswith(
+        "; 8 s on a GPU (NVIDIA H100 80GB HBM3, device check of 2026-12-07)")
+    assert fgnb.book.run_time("06_attention_crop").endswith("; failed on a GPU (device check of 2026-12-07: not timed)")
+    assert fgnb.book.run_time("07_full_training_gpu").endswith("; not yet timed on a GPU")
+    (tmp_path / "book_time.json").unlink()
+    assert fgnb.book.run_time("05_progressive_training").startswith("not yet timed on a CPU")
 
 
 @pytest.mark.parametrize("nb_path", _chapters(), ids=lambda p: p.stem)
