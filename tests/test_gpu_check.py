@@ -97,3 +97,21 @@ def test_chapters_dry_run_and_one_chapter_timed_on_the_cpu(tmp_path, monkeypatch
     assert res["kind"] == "gpu_chapters" and res["steps"] == ["env", "chapters"]
     (name, run), = res["chapters"].items()
     assert name == "02_patches_and_tokens" and run["seconds"] > 0 and run["errors"] == []
+
+
+def test_a_failing_chapter_is_recorded_as_failed_and_the_next_one_still_runs(tmp_path, monkeypatch):
+    import nbformat
+
+    def chapter(name, code):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(code)]
+        path = tmp_path / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        return path
+
+    monkeypatch.setattr(gpu_check, "CHAPTERS", [chapter("01_fails", "raise RuntimeError('boom')"), chapter("02_runs", "y = x + 1")])
+    out = tmp_path / "chapters.json"
+    assert gpu_check.main(["--chapters", "--device", "cpu", "--steps", "chapters", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["chapters"]
+    assert "boom" in res["01_fails"]["error"] and "seconds" not in res["01_fails"]
+    assert res["02_runs"]["errors"] == [] and res["02_runs"]["seconds"] > 0
