@@ -338,7 +338,7 @@ RUNNERS = {"env": step_env, "speed": step_speed, "runs": step_runs, "chapter7": 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="results file (default: bench/results/gpu_check_cuda.json, with "
-                                                "--full gpu_full_cuda.json)")
+                                                "--full gpu_full_cuda.json, with --chapters chapters_cuda.json)")
     p.add_argument("--device", default="cuda", help="torch device (cpu: to try the steps without a GPU)")
     p.add_argument("--steps", nargs="+", default=None, choices=(*STEPS, "full", "chapters"),
                    help=f"default: {' '.join(STEPS)}; with --full: {' '.join(FULL_STEPS)}; with --chapters: "

@@ -234,8 +234,11 @@ def verify(names=None, update: bool = False, out_root: str | None = None) -> lis
         print(f"{name}: retrained in {seconds:.0f} s: {'identical' if not mine else '; '.join(mine)}", flush=True)
         problems += mine
         if update and not mine:
+            # the commit the verifying checkout was at, and whether its code differed from it (the
+            # code_hash says which code it was); the recordings being stamped do not count as a change
+            head = git_commit(RECORDED_RUNS.parent.parent, exclude=[RECORDED_RUNS, "bench/results"])
             info.update(code_hash=code_hash(), verified=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        verified_commit=git_commit(RECORDED_RUNS.parent.parent)["commit"])
+                        verified_commit=head["commit"], verified_dirty=head["dirty"])
             (folder / "recording.json").write_text(json.dumps(info, indent=1) + "\n")
         shutil.rmtree(base, ignore_errors=True)
     return problems

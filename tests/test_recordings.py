@@ -47,6 +47,12 @@ def test_a_recorded_run_loads_as_the_run_it_recorded_and_verifies_bit_for_bit(re
 
     # training the recipe again makes the same files: weights bit for bit, metrics but wall times
     assert rec.verify(["tiny"], out_root=str(recordings)) == []
+    # --update stamps the code hash, and the commit and state of the checkout that verified it
+    assert rec.verify(["tiny"], update=True, out_root=str(recordings)) == []
+    stamped = json.loads((folder / "recording.json").read_text())
+    head = rec.git_commit(rec.RECORDED_RUNS.parent.parent, exclude=[rec.RECORDED_RUNS, "bench/results"])
+    assert stamped["code_hash"] == rec.code_hash() and stamped["verified"]
+    assert (stamped["verified_commit"], stamped["verified_dirty"]) == (head["commit"], head["dirty"])
     # ... and a recording that is not what its recipe makes is found
     saved["model"][next(iter(saved["model"]))] += 1e-6
     torch.save(saved, folder / "best.pt")
