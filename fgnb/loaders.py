@@ -51,8 +51,10 @@ def synthetic_params(cfg: TrainConfig) -> dict:
 
 def source_size(cfg: TrainConfig) -> int | None:
     """Side of the source view that crops are cut from (``crop_from='source'``) or the crop's
-    attention is read on (``attention_from='source'``), else None."""
-    wanted = cfg.crop_from == "source" or (cfg.crop and cfg.attention_from == "source")
+    attention is read on (``attention_from='source'``), else None. Every run's evaluation reads
+    the box (a run without crops too: :func:`fgnb.evaluation.evaluate`), so neither depends on
+    ``crop``; whether the training split loads the view does (:func:`dataset_for`)."""
+    wanted = "source" in (cfg.crop_from, cfg.attention_from)
     return (cfg.source_size or DERIVED["source_size"](cfg.to_dict())) if wanted else None
 
 

@@ -61,6 +61,14 @@ def spy(monkeypatch):
     return seen
 
 
+@pytest.mark.parametrize("crop", [False, True])
+def test_a_run_that_reads_the_box_on_the_source_and_cuts_it_from_the_input_trains_and_evaluates(tmp_path, crop):
+    """attention_from='source' with crop_from='input': the evaluation reads every run's box on the
+    source view, so its splits carry it with or without crops (it failed for crop=False: no view)."""
+    res = train(cfg(tmp_path, crop=crop, crop_from="input", attention_from="source", source_size=32))
+    assert res["test"]["n"] == 12 and 0 < res["test"]["box_area"] <= 1
+
+
 def test_test_split_is_read_with_the_checkpoint_chosen_on_validation(tmp_path, monkeypatch, capsys):
     T = importlib.import_module("fgnb.train")  # (fgnb.train is also the function)
 
